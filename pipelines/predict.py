@@ -1,0 +1,280 @@
+"""Region predictors (PIPELINE.md §2): the ``RegionPredictor`` protocol, the CroBIM predictor and model loading.
+
+Any object with a ``tile_size`` and a ``predict`` method can answer a region job:
+
+    predict(tiles uint8 (B, S, S, 3), queries list[str]) -> float32 (B, Q, S, S) in [0, 1]
+
+``--model`` names either a CroBIM checkpoint folder (``save_pretrained`` layout, local or object storage) or
+``package.module:factory``, a zero-argument callable returning such an object. :class:`CroBIMPredictor` encodes each
+query once (cached per predictor, i.e. once per Ray actor), encodes each tile image once per micro-batch, then
+decodes every (tile, query) pair on the cached features: one pass over the imagery serves all queries.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import re
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+__all__ = [
+    "MAX_QUERY_CHARS",
+    "CroBIMPredictor",
+    "ModelSpec",
+    "RegionPredictor",
+    "load_predictor",
+    "parse_model_spec",
+    "validate_queries",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Longest accepted query (characters); CroBIM truncates to ``text.max_len`` tokens anyway, so a longer text
+#: is almost surely a mistake (a pasted paragraph).
+MAX_QUERY_CHARS = 500
+
+_FACTORY_RE = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*:[A-Za-z_][\w]*$")
+
+
+@runtime_checkable
+class RegionPredictor(Protocol):
+    """What the region pipeline needs from a model.
+
+    Attributes:
+        tile_size: Side S in pixels of the square tiles ``predict`` takes.
+    """
+
+    tile_size: int
+
+    def predict(self, tiles: np.ndarray, queries: list[str]) -> np.ndarray:
+        """Foreground probability of every query on every tile.
+
+        Args:
+            tiles: uint8 ``(B, S, S, 3)`` RGB tiles; invalid pixels are 0.
+            queries: Q plain-language queries (the same list on every call of one job).
+
+        Returns:
+            float32 ``(B, Q, S, S)`` in [0, 1].
+        """
+        ...
+
+
+def validate_queries(queries: list[str], max_chars: int = MAX_QUERY_CHARS) -> list[str]:
+    """Check the job's queries: at least one, none empty, none too long, no duplicates.
+
+    Args:
+        queries: The texts given with ``--query``.
+        max_chars: Longest accepted query.
+
+    Returns:
+        The queries with surrounding whitespace removed.
+
+    Raises:
+        ValueError: Naming the offending query and the fix.
+    """
+    if not queries:
+        raise ValueError('no query given; pass at least one --query "..." (e.g. --query "buildings")')
+    out: list[str] = []
+    for i, q in enumerate(queries):
+        text = " ".join(str(q).split())
+        if not text:
+            raise ValueError(f"query {i} is empty; give a plain-language description such as 'ponds near roads'")
+        if len(text) > max_chars:
+            raise ValueError(
+                f"query {i} has {len(text)} characters, more than the limit of {max_chars}; "
+                "shorten it to the object you are looking for"
+            )
+        if text in out:
+            raise ValueError(f"query {text!r} is given twice; each --query must be different")
+        out.append(text)
+    return out
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A parsed ``--model`` value: a checkpoint folder or a ``module:factory`` reference."""
+
+    kind: str  # "checkpoint" or "factory"
+    value: str
+
+    def to_dict(self) -> dict[str, str]:
+        """JSON-ready form."""
+        return {"kind": self.kind, "value": self.value}
+
+
+def parse_model_spec(value: str) -> ModelSpec:
+    """Decide whether ``--model`` names a checkpoint folder or a ``package.module:factory``.
+
+    An existing local path or a URI (``s3://...``) is a checkpoint; ``name.name:attr`` is a factory.
+
+    Raises:
+        ValueError: If the value is neither.
+    """
+    text = str(value).strip()
+    if not text:
+        raise ValueError("--model is empty; give a checkpoint folder or package.module:factory")
+    if "://" in text or Path(text).expanduser().exists():
+        return ModelSpec("checkpoint", text)
+    if _FACTORY_RE.match(text):
+        return ModelSpec("factory", text)
+    raise ValueError(
+        f"--model {text!r} is neither an existing checkpoint folder nor package.module:factory; "
+        "give the folder written by save_pretrained (local or s3://...) or e.g. mypkg.models:build"
+    )
+
+
+def _import_factory(reference: str) -> Any:
+    module_name, _, attr = reference.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ValueError(
+            f"--model {reference!r}: module {module_name!r} cannot be imported ({exc}); "
+            "install it or run from the folder that contains it (PYTHONPATH)"
+        ) from exc
+    factory = getattr(module, attr, None)
+    if factory is None or not callable(factory):
+        raise ValueError(f"--model {reference!r}: {module_name} has no callable {attr!r}")
+    return factory
+
+
+def _check_predictor(obj: Any, origin: str) -> RegionPredictor:
+    size = getattr(obj, "tile_size", None)
+    if not isinstance(obj, RegionPredictor) or not isinstance(size, int) or size <= 0:
+        raise TypeError(
+            f"{origin} returned {type(obj).__name__}, which does not follow RegionPredictor: it needs an int "
+            "attribute tile_size > 0 and predict(tiles uint8 (B, S, S, 3), queries) -> float32 (B, Q, S, S)"
+        )
+    return obj
+
+
+class CroBIMPredictor:
+    """CroBIM behind the ``RegionPredictor`` protocol, with per-query text caching and presence gating.
+
+    Args:
+        model: A built CroBIM model (any device); it is put in eval mode.
+        device: Torch device to run on (default: the model's).
+        gate_presence: Zero the mask of a tile-query pair whose presence probability is below
+            ``model.config.presence.threshold`` (only when the model has the presence head).
+    """
+
+    def __init__(self, model: Any, device: str | None = None, gate_presence: bool = True) -> None:
+        import torch
+
+        height, width = (int(s) for s in model.config.input.size)
+        if height != width:
+            raise ValueError(
+                f"model input size {(height, width)} is not square; region tiles are square, "
+                "use a checkpoint with input.size (S, S)"
+            )
+        self.tile_size = height
+        self.device = torch.device(device) if device else next(model.parameters()).device
+        self.model = model.to(self.device).eval()
+        self.gate_presence = gate_presence and bool(model.config.presence.enabled)
+        self.presence_threshold = float(model.config.presence.threshold)
+        self._text_cache: dict[str, Any] = {}
+        self.counts = {"text_encodes": 0, "image_encodes": 0, "decodes": 0}
+
+    def _text_features(self, queries: list[str]) -> Any:
+        """Text features of ``queries``, encoded once per distinct query list and cached."""
+        key = "\x00".join(queries)
+        if key not in self._text_cache:
+            import torch
+
+            tokens = self.model.tokenize(list(queries))
+            with torch.inference_mode():
+                feats = self.model.encode_text(
+                    tokens["input_ids"].to(self.device), tokens["attention_mask"].to(self.device)
+                )
+            self._text_cache[key] = feats
+            self.counts["text_encodes"] += len(queries)
+        return self._text_cache[key]
+
+    def predict(self, tiles: np.ndarray, queries: list[str]) -> np.ndarray:
+        """Foreground probability (B, Q, S, S) of every query on every tile (see :class:`RegionPredictor`)."""
+        import torch
+        import torch.nn.functional as F
+
+        from crobim.inference import foreground_probability
+
+        if tiles.ndim != 4 or tiles.shape[-1] != 3 or tiles.dtype != np.uint8:
+            raise ValueError(f"tiles must be uint8 (B, S, S, 3); got {tiles.dtype} {tiles.shape}")
+        txt = self._text_features(queries)
+        b, s = tiles.shape[0], tiles.shape[1]
+        autocast = self.device.type == "cuda"
+        with torch.inference_mode(), torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=autocast):
+            pixels = self.model.preprocess(tiles).to(self.device)  # (B, H, W, 3) uint8 -> (B, 3, S, S) float
+            img = self.model.encode_image(pixels)
+            out = self.model.decode(img, txt)  # logits (B, Q, C, h, w), presence (B, Q)
+            prob = foreground_probability(out.logits.float())  # (B, Q, C, h, w) -> (B, Q, h, w)
+            if prob.shape[-2:] != (s, s):
+                prob = F.interpolate(prob, size=(s, s), mode="bilinear", align_corners=False)
+            if self.gate_presence and out.presence_logit is not None:
+                present = torch.sigmoid(out.presence_logit.float()) >= self.presence_threshold  # (B, Q)
+                prob = prob * present[:, :, None, None]
+        self.counts["image_encodes"] += b
+        self.counts["decodes"] += b * len(queries)
+        return prob.clamp_(0.0, 1.0).cpu().numpy().astype(np.float32, copy=False)
+
+
+def _local_checkpoint(uri: str) -> Path:
+    """A local folder holding the checkpoint: the path itself, or a node-local copy of an object-store URI."""
+    from pipelines import storage
+
+    if not storage.is_remote(uri):
+        path = Path(uri).expanduser()
+        if not path.is_dir():
+            raise FileNotFoundError(f"checkpoint folder {uri} does not exist; give the folder save_pretrained wrote")
+        return path
+    local = Path(tempfile.mkdtemp(prefix="crobim-ckpt-"))
+    storage.download_dir(uri, local)
+    return local
+
+
+def load_predictor(
+    model: str,
+    device: str | None = None,
+    expected_sha256: str | None = None,
+    gate_presence: bool = True,
+) -> RegionPredictor:
+    """Build the predictor that ``--model`` names.
+
+    Args:
+        model: Checkpoint folder (local or ``s3://``/``gs://``; copied to a node-local folder first) or
+            ``package.module:factory``.
+        device: Torch device for a CroBIM checkpoint (default: CUDA when available, else CPU).
+        expected_sha256: Checkpoint folder hash (:func:`pipelines.provenance.folder_sha256`) that the copy
+            must match; checked before loading.
+        gate_presence: Passed to :class:`CroBIMPredictor`.
+
+    Returns:
+        An object following :class:`RegionPredictor`.
+
+    Raises:
+        ValueError: For a bad spec or a checkpoint whose hash differs from ``expected_sha256``.
+        TypeError: If a factory returns something that is not a ``RegionPredictor``.
+    """
+    spec = parse_model_spec(model)
+    if spec.kind == "factory":
+        return _check_predictor(_import_factory(spec.value)(), f"factory {spec.value}")
+    import torch
+
+    from crobim.modeling.model import CroBIM
+    from pipelines.provenance import folder_sha256
+
+    folder = _local_checkpoint(spec.value)
+    if expected_sha256 is not None:
+        actual = folder_sha256(str(folder))
+        if actual != expected_sha256:
+            raise ValueError(
+                f"checkpoint {spec.value} has SHA-256 {actual}, expected {expected_sha256}: it changed since the "
+                "job started; restore it or start a new output folder"
+            )
+    dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    net = CroBIM.from_pretrained(str(folder), map_location=dev)
+    return CroBIMPredictor(net, device=dev, gate_presence=gate_presence)

@@ -1,0 +1,251 @@
+"""Provenance and resume state (PIPELINE.md §4 run.json, §5): fingerprint, done/failed manifest, hashes, versions.
+
+Output layout owned here: ``run.json``, ``_state/fingerprint.json``, ``_state/done/<chunk_id>.json`` and
+``_state/failed/<chunk_id>.json``. Every path may be local or an object-store URI (``pipelines.storage``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import json
+import logging
+import platform
+from dataclasses import dataclass
+from typing import Any
+
+from pipelines import storage
+
+__all__ = [
+    "FingerprintMismatchError",
+    "RunManifest",
+    "canonical_json",
+    "diff_settings",
+    "file_sha256",
+    "fingerprint",
+    "folder_sha256",
+    "check_resume",
+    "claim_output",
+    "package_versions",
+    "stored_fingerprint",
+    "write_fingerprint",
+    "write_run_json",
+]
+
+logger = logging.getLogger(__name__)
+
+STATE_DIR = "_state"
+FINGERPRINT_FILE = "fingerprint.json"
+
+#: Distributions whose versions go into run.json (absent ones are recorded as null).
+_PACKAGES = (
+    "crobim-geo",
+    "ray",
+    "torch",
+    "torchvision",
+    "transformers",
+    "timm",
+    "rasterio",
+    "xarray",
+    "zarr",
+    "geopandas",
+    "shapely",
+    "pyproj",
+    "pyarrow",
+    "numpy",
+    "odc-stac",
+    "pystac",
+    "pystac-client",
+    "stac-geoparquet",
+)
+
+
+class FingerprintMismatchError(ValueError):
+    """An output folder holds a run with different settings; resuming it would mix two runs."""
+
+
+def canonical_json(obj: Any) -> bytes:
+    """UTF-8 JSON with sorted keys and no whitespace: equal objects give equal bytes."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+
+
+def fingerprint(settings: dict[str, Any]) -> str:
+    """SHA-256 (hex) of the canonical JSON of the settings that determine a run's outputs."""
+    return hashlib.sha256(canonical_json(settings)).hexdigest()
+
+
+def file_sha256(uri: str) -> str:
+    """SHA-256 (hex) of one file, local or on object storage, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with storage.open_file(uri, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def folder_sha256(uri: str) -> str:
+    """SHA-256 of a folder (a checkpoint): the hash of the sorted ``relative/path sha256`` lines of its files.
+
+    Raises:
+        FileNotFoundError: If the folder holds no file.
+    """
+    fs, base = storage.get_fs(uri)
+    base = base.rstrip("/")
+    files = sorted(str(p) for p in fs.find(base))
+    if not files:
+        raise FileNotFoundError(f"folder {uri} holds no file; expected a checkpoint written by save_pretrained")
+    lines = []
+    for path in files:
+        rel = path[len(base) :].lstrip("/")
+        with fs.open(path, "rb") as fh:
+            digest = hashlib.sha256()
+            for block in iter(lambda fh=fh: fh.read(1 << 20), b""):
+                digest.update(block)
+        lines.append(f"{rel} {digest.hexdigest()}")
+    return hashlib.sha256("\n".join(lines).encode()).hexdigest()
+
+
+def package_versions() -> dict[str, str | None]:
+    """Python, GDAL (rasterio's), CUDA and the versions of the packages a run depends on."""
+    out: dict[str, str | None] = {"python": platform.python_version()}
+    for name in _PACKAGES:
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            out[name] = None
+    try:
+        import rasterio
+
+        out["gdal"] = rasterio.__gdal_version__
+    except ImportError:
+        out["gdal"] = None
+    try:
+        import torch
+
+        out["cuda"] = torch.version.cuda
+        out["gpu"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    except ImportError:
+        out["cuda"] = out["gpu"] = None
+    return out
+
+
+def diff_settings(old: Any, new: Any, prefix: str = "") -> list[str]:
+    """Human-readable differences between two JSON-like settings trees (``key: old -> new``)."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        lines: list[str] = []
+        for key in sorted(set(old) | set(new)):
+            name = f"{prefix}.{key}" if prefix else str(key)
+            if key not in old:
+                lines.append(f"{name}: (absent) -> {_short(new[key])}")
+            elif key not in new:
+                lines.append(f"{name}: {_short(old[key])} -> (absent)")
+            else:
+                lines.extend(diff_settings(old[key], new[key], name))
+        return lines
+    if old != new:
+        return [f"{prefix or '(root)'}: {_short(old)} -> {_short(new)}"]
+    return []
+
+
+def _short(value: Any, limit: int = 120) -> str:
+    text = json.dumps(value, sort_keys=True)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def stored_fingerprint(out: str) -> dict[str, Any] | None:
+    """The ``{"fingerprint", "settings"}`` record of the run in ``out``, or None when there is none."""
+    uri = storage.join(out, STATE_DIR, FINGERPRINT_FILE)
+    return dict(storage.read_json(uri)) if storage.exists(uri) else None
+
+
+def check_resume(out: str, stored: dict[str, Any], settings: dict[str, Any]) -> None:
+    """Refuse to resume ``out`` unless its stored fingerprint equals that of ``settings``.
+
+    Raises:
+        FingerprintMismatchError: Listing the settings that differ and the ways out.
+    """
+    if stored.get("fingerprint") == fingerprint(settings):
+        return
+    changes = diff_settings(stored.get("settings", {}), settings)
+    raise FingerprintMismatchError(
+        f"{out} holds a run with different settings ({len(changes)} differ):\n  "
+        + "\n  ".join(changes[:20])
+        + "\nuse another --out, rerun with the same settings to resume, or pass --overwrite to delete it"
+    )
+
+
+def claim_output(out: str, overwrite: bool = False) -> None:
+    """Make ``out`` an empty folder for a fresh run; delete what is there only with ``overwrite``.
+
+    Raises:
+        FileExistsError: ``out`` is not empty and ``overwrite`` is False.
+    """
+    if storage.exists(out) and storage.listdir(out):
+        if not overwrite:
+            raise FileExistsError(
+                f"{out} is not empty and holds no finished run state ({STATE_DIR}/{FINGERPRINT_FILE}); "
+                "choose an empty or new --out folder, or pass --overwrite to delete it"
+            )
+        logger.info("--overwrite: deleting %s", out)
+        storage.remove(out, recursive=True)
+    storage.makedirs(out)
+
+
+def write_fingerprint(out: str, settings: dict[str, Any]) -> str:
+    """Record the run's settings and fingerprint in ``out``; returns the fingerprint."""
+    fp = fingerprint(settings)
+    storage.write_json(storage.join(out, STATE_DIR, FINGERPRINT_FILE), {"fingerprint": fp, "settings": settings})
+    return fp
+
+
+@dataclass(frozen=True)
+class RunManifest:
+    """Per-chunk done and failed markers under ``<out>/_state`` (single objects, written atomically)."""
+
+    out: str
+
+    def _dir(self, kind: str) -> str:
+        return storage.join(self.out, STATE_DIR, kind)
+
+    def _ids(self, kind: str) -> list[str]:
+        folder = self._dir(kind)
+        if not storage.exists(folder):
+            return []
+        return sorted(n[: -len(".json")] for n in storage.listdir(folder) if n.endswith(".json"))
+
+    def done_ids(self) -> list[str]:
+        """Ids of the chunks whose outputs are complete, sorted."""
+        return self._ids("done")
+
+    def failed_ids(self) -> list[str]:
+        """Ids of the chunks whose last attempt failed, sorted."""
+        return self._ids("failed")
+
+    def mark_done(self, chunk_id: str, summary: dict[str, Any]) -> None:
+        """Write the done marker (last step of a chunk) and clear a failure left by an earlier attempt."""
+        storage.write_json(storage.join(self._dir("done"), f"{chunk_id}.json"), summary)
+        failed = storage.join(self._dir("failed"), f"{chunk_id}.json")
+        if storage.exists(failed):
+            storage.remove(failed)
+
+    def mark_failed(self, chunk_id: str, reason: str, stage: str) -> None:
+        """Record why a chunk failed; a later run retries it."""
+        storage.write_json(
+            storage.join(self._dir("failed"), f"{chunk_id}.json"),
+            {"chunk_id": chunk_id, "stage": stage, "reason": reason},
+        )
+
+    def read_done(self, chunk_id: str) -> dict[str, Any]:
+        """The summary stored with a done marker."""
+        return dict(storage.read_json(storage.join(self._dir("done"), f"{chunk_id}.json")))
+
+    def read_failed(self, chunk_id: str) -> dict[str, Any]:
+        """The failure record of a chunk."""
+        return dict(storage.read_json(storage.join(self._dir("failed"), f"{chunk_id}.json")))
+
+
+def write_run_json(out: str, document: dict[str, Any]) -> str:
+    """Write ``run.json`` (sorted keys, indented) into ``out``; returns its URI."""
+    uri = storage.join(out, "run.json")
+    storage.write_json(uri, document)
+    return uri
