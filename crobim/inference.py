@@ -1,0 +1,62 @@
+"""Turning CroBIM outputs into probabilities and masks (MODEL.md §4.2 "Inference"). The channel axis is -3."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor
+
+if TYPE_CHECKING:
+    from crobim.modeling.model import CroBIMOutput
+
+__all__ = ["binary_mask", "foreground_probability", "presence_probability"]
+
+
+def foreground_probability(logits: Tensor) -> Tensor:
+    """Foreground probability in [0, 1] from mask logits (..., C, H, W) -> (..., H, W).
+
+    Sigmoid for C = 1; softmax foreground (channel 1) for C = 2.
+    """
+    channels = logits.shape[-3]
+    if channels == 1:
+        return torch.sigmoid(logits[..., 0, :, :])
+    if channels == 2:
+        return logits.softmax(dim=-3)[..., 1, :, :]
+    raise ValueError(f"mask logits have {channels} channels on axis -3; expected 1 or 2")
+
+
+def presence_probability(output: CroBIMOutput) -> Tensor:
+    """sigmoid(presence_logit), shape of the leading axes; raises if the presence head is off."""
+    if output.presence_logit is None:
+        raise ValueError("this output has no presence logit; build the model with presence.enabled = true")
+    return torch.sigmoid(output.presence_logit)
+
+
+def binary_mask(output: CroBIMOutput | Tensor, gate_presence: bool = False, threshold: float = 0.5) -> Tensor:
+    """Boolean mask (..., H, W).
+
+    Args:
+        output: a ``CroBIMOutput`` or raw mask logits (..., C, H, W).
+        gate_presence: empty the mask where sigmoid(presence_logit) < ``threshold`` (needs the presence head).
+        threshold: presence probability threshold (``presence.threshold``, 0.5 by default).
+
+    Returns:
+        C = 1: logit > 0; C = 2: foreground logit > background logit (a tie goes to background).
+    """
+    logits = output if isinstance(output, Tensor) else output.logits
+    channels = logits.shape[-3]
+    if channels == 1:
+        mask = logits[..., 0, :, :] > 0
+    elif channels == 2:
+        mask = logits[..., 1, :, :] > logits[..., 0, :, :]
+    else:
+        raise ValueError(f"mask logits have {channels} channels on axis -3; expected 1 or 2")
+    if gate_presence:
+        if isinstance(output, Tensor):
+            raise ValueError(
+                "gate_presence=True needs the CroBIMOutput (with presence_logit), not bare logits"
+            )
+        present = presence_probability(output) >= threshold
+        mask = mask & present[..., None, None]
+    return mask

@@ -1,0 +1,308 @@
+"""The CroBIM model: split forward ``encode_image`` / ``encode_text`` / ``decode`` (MODEL.md §2, §3.8, §4.1; keys
+`input.*`, `text.max_len`, `text.two_pass` (A2), `presence.enabled`, `backbone.in_fusion` (A1)).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from crobim.config import CroBIMConfig
+from crobim.errors import ImageFeaturesUnavailableError
+from crobim.modeling.backbone import Backbone
+from crobim.modeling.capm import CAPM
+from crobim.modeling.heads import MaskHead, PresenceHead
+from crobim.modeling.lgfa import LGFA
+from crobim.modeling.mid import MID
+from crobim.modeling.text import TextEncoder
+from crobim.transforms import preprocess_images
+
+__all__ = ["CroBIM", "CroBIMOutput", "DecodeAux", "ImageFeatures", "TextFeatures"]
+
+
+@dataclass
+class ImageFeatures:
+    """Output of ``encode_image``: the 4 maps F1..F4 (B, Ci, Hi, Wi) and the input size (H, W)."""
+
+    maps: tuple[Tensor, ...]
+    image_size: tuple[int, int]
+
+    def __len__(self) -> int:
+        return int(self.maps[0].shape[0])
+
+    def index_select(self, index: Tensor) -> ImageFeatures:
+        """Rows ``index`` (N,) of every map."""
+        return ImageFeatures(tuple(m.index_select(0, index) for m in self.maps), self.image_size)
+
+    def to(self, *args: Any, **kwargs: Any) -> ImageFeatures:
+        """``Tensor.to`` on every map (device / dtype), e.g. to cache features in half precision."""
+        return ImageFeatures(tuple(m.to(*args, **kwargs) for m in self.maps), self.image_size)
+
+
+@dataclass
+class TextFeatures:
+    """Output of ``encode_text``: ids and mask (Q, L) and the plain-pass hidden states T (Q, L, Dt).
+
+    ``hidden`` is None with ``text.two_pass = false`` (LGFA then reads the word part of the prompted pass).
+    """
+
+    input_ids: Tensor
+    attention_mask: Tensor
+    hidden: Tensor | None
+
+    def __len__(self) -> int:
+        return int(self.input_ids.shape[0])
+
+    def index_select(self, index: Tensor) -> TextFeatures:
+        """Rows ``index`` (N,)."""
+        hidden = None if self.hidden is None else self.hidden.index_select(0, index)
+        return TextFeatures(
+            self.input_ids.index_select(0, index), self.attention_mask.index_select(0, index), hidden
+        )
+
+
+@dataclass
+class DecodeAux:
+    """Debug tensors of ``decode``: per-scale LGFA word attention (N, Hi*Wi, L), N = number of pairs, and the
+    image row of each pair (N,)."""
+
+    word_attention: tuple[Tensor, ...] = ()
+    image_index: Tensor | None = None
+
+
+@dataclass
+class CroBIMOutput:
+    """Mask logits at input resolution, (B, C, H, W) per pair or (B, Q, C, H, W) for all pairs, and the presence
+    logit (B,) / (B, Q), None when the presence head is off."""
+
+    logits: Tensor
+    presence_logit: Tensor | None
+    aux: DecodeAux = field(default_factory=DecodeAux)
+
+
+class CroBIM(nn.Module):
+    """Cross-modal bidirectional interaction model for referring remote-sensing image segmentation.
+
+    Build it with ``crobim.build_model(name_or_config)``; the components are passed in already built.
+    """
+
+    def __init__(
+        self,
+        config: CroBIMConfig,
+        *,
+        backbone: Backbone,
+        text: TextEncoder,
+        capm: CAPM,
+        lgfa: LGFA,
+        mid: MID,
+        mask_head: MaskHead,
+        presence_head: PresenceHead | None,
+        tokenizer: Any,
+    ) -> None:
+        super().__init__()
+        self.config = config
+        self.backbone = backbone
+        self.text = text
+        self.capm = capm
+        self.lgfa = lgfa
+        self.mid = mid
+        self.mask_head = mask_head
+        self.presence_head = presence_head
+        self.tokenizer = tokenizer
+
+    @property
+    def device(self) -> torch.device:
+        """Device of the parameters."""
+        return next(self.parameters()).device
+
+    # ------------------------------------------------------------------------------------------ preprocessing
+    def tokenize(self, texts: list[str] | str) -> dict[str, Tensor]:
+        """Tokenise expressions the one way the model expects (padded / truncated to ``text.max_len``).
+
+        Returns:
+            ``input_ids`` and ``attention_mask``, both (Q, L) long on the model's device.
+        """
+        if isinstance(texts, str):
+            texts = [texts]
+        encoded = self.tokenizer(
+            list(texts),
+            padding="max_length",
+            truncation=True,
+            max_length=self.config.text.max_len,
+            return_tensors="pt",
+        )
+        device = self.device
+        return {
+            "input_ids": encoded["input_ids"].long().to(device),
+            "attention_mask": encoded["attention_mask"].long().to(device),
+        }
+
+    def preprocess(self, images: Any) -> Tensor:
+        """uint8 (H, W, 3) images (one, a list, or a (B, H, W, 3) array) -> normalised (B, 3, H, W) at
+        ``input.size`` on the model's device."""
+        cfg = self.config.input
+        batch = preprocess_images(
+            images, size=cfg.size, mean=cfg.mean, std=cfg.std, interpolation=cfg.interpolation
+        )
+        return batch.to(self.device)
+
+    # ---------------------------------------------------------------------------------------------- encoders
+    def _check_images(self, images: Tensor) -> None:
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise ValueError(
+                f"images have shape {tuple(images.shape)}; expected (B, 3, H, W); use model.preprocess"
+            )
+        for side in images.shape[-2:]:
+            if side % 32:
+                raise ValueError(
+                    f"image side {side} is not a multiple of 32; resize with model.preprocess to input.size "
+                    f"{self.config.input.size} (any multiple of 32, e.g. 480 or 512)"
+                )
+
+    def _backbone(
+        self, images: Tensor, words: Tensor | None = None, word_mask: Tensor | None = None
+    ) -> ImageFeatures:
+        self._check_images(images)
+        maps = self.backbone(images, words, word_mask)
+        return ImageFeatures(tuple(maps), (int(images.shape[-2]), int(images.shape[-1])))
+
+    def encode_image(self, images: Tensor) -> ImageFeatures:
+        """Backbone + stage norms; depends on the image only, so it can be cached and reused for every query.
+
+        Args:
+            images: (B, 3, H, W) normalised, H and W multiples of 32.
+
+        Returns:
+            ``ImageFeatures`` with 4 maps (B, Ci, H / ri, W / ri).
+
+        Raises:
+            ImageFeaturesUnavailableError: with ``backbone.in_fusion = 'pwam'`` the backbone needs the text.
+        """
+        if self.backbone.needs_text:
+            raise ImageFeaturesUnavailableError(
+                "backbone.in_fusion = 'pwam' fuses language inside the backbone, so image features depend on the "
+                "query; use model(images, input_ids, attention_mask) or set backbone.in_fusion = 'plain'"
+            )
+        return self._backbone(images)
+
+    def encode_text(self, input_ids: Tensor, attention_mask: Tensor) -> TextFeatures:
+        """Plain text pass; depends on the query only.
+
+        Args:
+            input_ids: (Q, L) long, L <= ``text.max_len`` (use ``model.tokenize``).
+            attention_mask: (Q, L), 1 on real tokens.
+
+        Returns:
+            ``TextFeatures`` with T (Q, L, Dt), or no T with ``text.two_pass = false``.
+        """
+        if input_ids.ndim != 2 or input_ids.shape != attention_mask.shape:
+            raise ValueError(
+                f"input_ids {tuple(input_ids.shape)} and attention_mask {tuple(attention_mask.shape)} must both be "
+                "(Q, L); use model.tokenize"
+            )
+        if input_ids.shape[1] > self.config.text.max_len:
+            raise ValueError(
+                f"input_ids have {input_ids.shape[1]} tokens; text.max_len is {self.config.text.max_len}; "
+                "tokenize with model.tokenize (it truncates to text.max_len)"
+            )
+        hidden = self.text(input_ids, attention_mask) if self.config.text.two_pass else None
+        return TextFeatures(input_ids, attention_mask, hidden)
+
+    # ------------------------------------------------------------------------------------------------ decoder
+    def decode(self, img: ImageFeatures, txt: TextFeatures, pair_index: Tensor | None = None) -> CroBIMOutput:
+        """CAPM -> prompted text pass -> LGFA -> MID -> heads for image-query pairs.
+
+        Args:
+            img: features of B images.
+            txt: features of Q queries.
+            pair_index: optional (Q,) long, the image row of each query. None pairs every image with every query.
+
+        Returns:
+            ``CroBIMOutput``: without ``pair_index`` logits (B, Q, C, H, W) and presence (B, Q); with it logits
+            (Q, C, H, W) and presence (Q,). Image-only work (CAPM prompts, LGFA projections) runs once per image.
+        """
+        num_images, num_queries = len(img), len(txt)
+        device = img.maps[0].device
+        if pair_index is None:
+            image_rows = torch.arange(num_images, device=device).repeat_interleave(num_queries)  # (B*Q,)
+            text_rows: Tensor | None = torch.arange(num_queries, device=device).repeat(num_images)  # (B*Q,)
+        else:
+            if pair_index.shape != (num_queries,):
+                raise ValueError(f"pair_index has shape {tuple(pair_index.shape)}; expected ({num_queries},)")
+            if num_queries and (int(pair_index.min()) < 0 or int(pair_index.max()) >= num_images):
+                raise ValueError(
+                    f"pair_index values must lie in [0, {num_images}); got {pair_index.tolist()}"
+                )
+            image_rows, text_rows = pair_index.to(device=device, dtype=torch.long), None
+        out_h = img.image_size[0] // self.lgfa.out_stride
+        out_w = img.image_size[1] // self.lgfa.out_stride
+
+        # Image-only work, once per image: CAPM prompts P' and the LGFA projections
+        prompts = self.capm(img.maps).index_select(0, image_rows)  # (B, Np, Dt) -> (N, Np, Dt)
+        state = self.lgfa.prepare(img.maps, (out_h, out_w)).index_select(image_rows)
+        pairs = txt if text_rows is None else txt.index_select(text_rows)
+
+        # Prompted text pass T_p, then language-guided aggregation V*
+        prompted, prompted_mask = self.text.prompted(pairs.input_ids, pairs.attention_mask, prompts)
+        words = pairs.hidden if pairs.hidden is not None else prompted[:, : pairs.input_ids.shape[1]]
+        visual, word_attention = self.lgfa(state, words, pairs.attention_mask, (out_h, out_w))
+        # Mutual interaction and heads
+        z, tokens = self.mid(visual, prompted, prompted_mask)
+        logits, query = self.mask_head(z, tokens, prompted_mask)  # (N, C, h, w), (N, d)
+        presence = self.presence_head(query, z, logits) if self.presence_head is not None else None
+        logits = F.interpolate(
+            logits, size=img.image_size, mode="bilinear", align_corners=True
+        )  # -> (N, C, H, W)
+
+        if pair_index is None:
+            logits = logits.reshape(num_images, num_queries, *logits.shape[1:])  # (B*Q, ...) -> (B, Q, ...)
+            presence = None if presence is None else presence.reshape(num_images, num_queries)
+        return CroBIMOutput(logits, presence, DecodeAux(tuple(word_attention), image_rows))
+
+    def forward(self, images: Tensor, input_ids: Tensor, attention_mask: Tensor) -> CroBIMOutput:
+        """Paired forward: ``decode(encode_image(images), encode_text(ids, mask), pair_index=arange(B))``.
+
+        Args:
+            images: (B, 3, H, W) normalised.
+            input_ids: (B, L) long.
+            attention_mask: (B, L).
+
+        Returns:
+            ``CroBIMOutput`` with logits (B, C, H, W) and presence (B,) or None.
+        """
+        if images.shape[0] != input_ids.shape[0]:
+            raise ValueError(
+                f"forward pairs images and expressions: got {images.shape[0]} images and {input_ids.shape[0]} "
+                "expressions; use encode_image/encode_text/decode for many queries per image"
+            )
+        txt = self.encode_text(input_ids, attention_mask)
+        if self.backbone.needs_text:
+            words = txt.hidden if txt.hidden is not None else self.text(input_ids, attention_mask)
+            img = self._backbone(images, words, attention_mask)
+        else:
+            img = self.encode_image(images)
+        pair_index = torch.arange(images.shape[0], device=images.device)
+        return self.decode(img, txt, pair_index=pair_index)
+
+    # ---------------------------------------------------------------------------------------------- checkpoints
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """Write ``config.json``, ``model.safetensors``, ``text_encoder_config.json`` and ``tokenizer/``."""
+        from crobim.weights import save_checkpoint
+
+        return save_checkpoint(self, directory)
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, map_location: str | torch.device = "cpu") -> CroBIM:
+        """Load a folder written by ``save_pretrained``; strict, safetensors only.
+
+        Raises:
+            crobim.errors.CheckpointError: missing / corrupt files, config mismatch, missing or unexpected keys.
+        """
+        from crobim.weights import load_checkpoint
+
+        return load_checkpoint(directory, map_location=map_location)

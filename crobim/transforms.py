@@ -1,0 +1,99 @@
+"""The one place that resizes and normalises images and resizes masks (MODEL.md §3.2; keys `input.size`,
+`input.mean`, `input.std`, `input.interpolation`). Callers go through ``CroBIM.preprocess`` and ``resize_mask``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = ["preprocess_images", "resize_mask", "to_size"]
+
+
+def to_size(size: int | Sequence[int]) -> tuple[int, int]:
+    """``S`` or ``(H, W)`` -> ``(H, W)``."""
+    if isinstance(size, int):
+        return (size, size)
+    if len(size) != 2:
+        raise ValueError(f"size {size!r} must be an int S or a pair (H, W)")
+    return (int(size[0]), int(size[1]))
+
+
+def _stack_uint8(images: Any) -> Tensor:
+    if isinstance(images, np.ndarray | Tensor) and images.ndim == 4:
+        batch = [images[i] for i in range(images.shape[0])]
+    elif isinstance(images, np.ndarray | Tensor):
+        batch = [images]
+    elif isinstance(images, Sequence) and len(images) > 0:
+        batch = list(images)
+    else:
+        raise TypeError(
+            f"images must be a uint8 (H, W, 3) array, a list of them or a (B, H, W, 3) array; got {type(images)}"
+        )
+    tensors = []
+    for i, image in enumerate(batch):
+        t = torch.as_tensor(np.asarray(image)) if not isinstance(image, Tensor) else image
+        if t.dtype != torch.uint8 or t.ndim != 3 or t.shape[-1] != 3:
+            raise ValueError(
+                f"image {i} has dtype {t.dtype} and shape {tuple(t.shape)}; expected uint8 (H, W, 3) RGB "
+                "(convert with pipelines.radiometry.to_uint8 or Image.convert('RGB'))"
+            )
+        tensors.append(t)
+    return tensors  # type: ignore[return-value]
+
+
+def preprocess_images(
+    images: Any,
+    *,
+    size: tuple[int, int],
+    mean: Sequence[float],
+    std: Sequence[float],
+    interpolation: str = "bilinear",
+) -> Tensor:
+    """uint8 RGB images -> normalised float (B, 3, H, W) at ``size``.
+
+    Args:
+        images: a uint8 (H, W, 3) array, a list of them (sizes may differ) or a (B, H, W, 3) array/tensor.
+        size: target (H, W).
+        mean: per-channel mean of [0, 1] pixels.
+        std: per-channel std of [0, 1] pixels.
+        interpolation: ``bilinear`` or ``bicubic`` (antialiased when shrinking, like PIL).
+
+    Returns:
+        float32 (B, 3, H, W).
+    """
+    out = []
+    for image in _stack_uint8(images):
+        x = image.permute(2, 0, 1).unsqueeze(0).float() / 255.0  # (H, W, 3) -> (1, 3, H, W)
+        if tuple(x.shape[-2:]) != tuple(size):
+            x = F.interpolate(x, size=size, mode=interpolation, align_corners=False, antialias=True).clamp_(
+                0, 1
+            )
+        out.append(x)
+    batch = torch.cat(out, dim=0)
+    mean_t = torch.tensor(mean, dtype=batch.dtype).view(1, 3, 1, 1)
+    std_t = torch.tensor(std, dtype=batch.dtype).view(1, 3, 1, 1)
+    return (batch - mean_t) / std_t
+
+
+def resize_mask(mask: Any, size: int | Sequence[int]) -> Any:
+    """Nearest-neighbour resize of a boolean mask (H, W) to ``size`` (S or (H', W')).
+
+    Returns the same kind as the input (numpy array or torch tensor), dtype bool.
+    """
+    target = to_size(size)
+    is_numpy = not isinstance(mask, Tensor)
+    t = torch.as_tensor(np.asarray(mask)) if is_numpy else mask
+    if t.ndim != 2:
+        raise ValueError(f"mask has shape {tuple(t.shape)}; expected (H, W)")
+    if tuple(t.shape) != target:
+        t = F.interpolate(t[None, None].to(torch.uint8), size=target, mode="nearest-exact")[
+            0, 0
+        ]  # (H, W) -> (H', W')
+    t = t.bool()
+    return t.numpy() if is_numpy else t
