@@ -1,0 +1,373 @@
+"""Polygons from the written probabilities: per-chunk parts and the final seam merge (PIPELINE.md §4).
+
+Per chunk: threshold the uint8 values as written to Zarr (``>= round(255 t)``), label components with
+4-connectivity, sieve small components unless they touch the core border, ``rasterio.features.shapes``
+on the label raster, per-label score sum/count/max via ``bincount``. Final: union-find across seams per
+query, min-area filter, optional simplify, GeoParquet 1.1 (WKB, ``bbox`` covering, PROJJSON CRS, zstd).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import geopandas as gpd
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import rasterio.features
+import shapely
+import shapely.geometry
+import shapely.ops
+from affine import Affine
+from pyproj import CRS as ProjCRS
+from pyproj import Geod, Transformer
+from scipy import ndimage
+
+from pipelines import storage
+from pipelines.grid import ChunkSpec, OutputGrid
+
+__all__ = [
+    "PART_COLUMNS",
+    "geo_metadata",
+    "geodesic_area_m2",
+    "merge_parts",
+    "read_part",
+    "threshold_value",
+    "vectorize_chunk",
+    "write_part",
+]
+
+logger = logging.getLogger(__name__)
+
+_FOUR = np.array([[0, 1, 0], [1, 1, 1], [0, 1, 0]], dtype=bool)
+_GEOD = Geod(ellps="WGS84")
+
+#: Columns of a per-chunk part (besides ``geometry``).
+PART_COLUMNS = (
+    "query_id",
+    "query",
+    "chunk_id",
+    "chunk_row",
+    "chunk_col",
+    "label",
+    "score_sum",
+    "score_count",
+    "score_max",
+    "touches_top",
+    "touches_bottom",
+    "touches_left",
+    "touches_right",
+    "item_ids",
+    "item_pixels",
+)
+
+
+def threshold_value(threshold: float) -> int:
+    """The uint8 cut ``round(255 t)`` applied to written probabilities."""
+    if not 0.0 <= threshold <= 1.0:
+        raise ValueError(f"threshold {threshold} must be within [0, 1]")
+    return int(round(255 * threshold))
+
+
+def _sieve(labels: np.ndarray, counts: np.ndarray, min_px: int) -> np.ndarray:
+    """Zero out labels with fewer than ``min_px`` pixels unless they touch the core border."""
+    if min_px <= 1:
+        return labels
+    border = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
+    keep = counts >= min_px
+    keep[border] = True
+    keep[0] = False
+    return np.where(keep[labels], labels, 0)
+
+
+def vectorize_chunk(
+    prob: np.ndarray,
+    chunk: ChunkSpec,
+    grid: OutputGrid,
+    queries: Sequence[str],
+    threshold: float = 0.5,
+    min_area_px: int = 0,
+    source_rank: np.ndarray | None = None,
+    item_ids: Sequence[str] = (),
+) -> gpd.GeoDataFrame:
+    """Polygons of one chunk core, one row per 4-connected component per query.
+
+    Args:
+        prob: uint8 ``(Q, h, w)`` as written to Zarr (invalid pixels already 0).
+        chunk: The chunk (core window, id, position).
+        grid: The output grid (CRS, transform).
+        queries: Query texts, index = query id.
+        threshold: Probability threshold t; pixels ``>= round(255 t)`` are foreground (t = 0 counts as 1/255).
+        min_area_px: Sieve size: components below it are dropped unless they touch the core border.
+        source_rank: uint8 ``(h, w)`` source rank over the core (0 = none, k = ``item_ids[k-1]``).
+        item_ids: Items of the chunk in rank order.
+
+    Returns:
+        A GeoDataFrame in the grid CRS with :data:`PART_COLUMNS` and ``geometry``.
+    """
+    q, h, w = prob.shape
+    if (h, w) != (chunk.height, chunk.width):
+        raise ValueError(
+            f"chunk {chunk.chunk_id}: prob shape {prob.shape} does not match the core {chunk.height}x{chunk.width}"
+        )
+    cut = max(threshold_value(threshold), 1)
+    transform: Affine = grid.window_transform(chunk.row_off, chunk.col_off)
+    rows: list[dict[str, Any]] = []
+    geoms: list[shapely.Geometry] = []
+    for qi in range(q):
+        scores = prob[qi]
+        fg = scores >= cut
+        if not fg.any():
+            continue
+        labels, n = ndimage.label(fg, structure=_FOUR)
+        counts = np.bincount(labels.ravel(), minlength=n + 1)
+        labels = _sieve(labels, counts, min_area_px)
+        if not labels.any():
+            continue
+        flat = labels.ravel()
+        sums = np.bincount(flat, weights=scores.ravel().astype(np.float64), minlength=n + 1)
+        maxes = np.zeros(n + 1, dtype=np.int64)
+        np.maximum.at(maxes, flat, scores.ravel())
+        top, bottom = set(np.unique(labels[0])), set(np.unique(labels[-1]))
+        left, right = set(np.unique(labels[:, 0])), set(np.unique(labels[:, -1]))
+        per_item: dict[int, tuple[list[str], list[int]]] = {}
+        if source_rank is not None and item_ids:
+            n_items = len(item_ids)
+            pair = flat.astype(np.int64) * (n_items + 1) + source_rank.ravel().astype(np.int64)
+            table = np.bincount(pair, minlength=(n + 1) * (n_items + 1)).reshape(n + 1, n_items + 1)
+            for lab in np.unique(flat[flat > 0]):
+                ranks = np.flatnonzero(table[lab, 1:])
+                per_item[int(lab)] = ([item_ids[r] for r in ranks], [int(table[lab, r + 1]) for r in ranks])
+        for geom, value in rasterio.features.shapes(
+            labels.astype(np.int32), mask=labels > 0, connectivity=4, transform=transform
+        ):
+            lab = int(value)
+            ids, pixels = per_item.get(lab, ([], []))
+            rows.append(
+                {
+                    "query_id": qi,
+                    "query": queries[qi],
+                    "chunk_id": chunk.chunk_id,
+                    "chunk_row": chunk.row,
+                    "chunk_col": chunk.col,
+                    "label": lab,
+                    "score_sum": float(sums[lab]) / 255.0,
+                    "score_count": int(counts[lab]),
+                    "score_max": float(maxes[lab]) / 255.0,
+                    "touches_top": lab in top,
+                    "touches_bottom": lab in bottom,
+                    "touches_left": lab in left,
+                    "touches_right": lab in right,
+                    "item_ids": ids,
+                    "item_pixels": pixels,
+                }
+            )
+            geoms.append(shapely.geometry.shape(geom))
+    frame = pd.DataFrame(rows, columns=list(PART_COLUMNS))
+    gdf = gpd.GeoDataFrame(
+        frame, geometry=geoms if geoms else gpd.GeoSeries([], dtype="geometry"), crs=grid.crs_wkt
+    )
+    return gdf.sort_values(["query_id", "label"], kind="stable").reset_index(drop=True)
+
+
+def write_part(gdf: gpd.GeoDataFrame, uri: str) -> None:
+    """Write a per-chunk part as GeoParquet (explicit ``geo`` metadata; one object, atomic locally)."""
+    buf = io.BytesIO()
+    gdf.to_parquet(buf, compression="zstd", index=False, schema_version="1.1.0", write_covering_bbox=False)
+    parent = uri.rsplit("/", 1)[0]
+    if parent != uri:
+        storage.makedirs(parent)
+    storage.write_bytes(uri, buf.getvalue())
+
+
+def read_part(uri: str) -> gpd.GeoDataFrame:
+    """Read a part written by :func:`write_part`."""
+    return gpd.read_parquet(io.BytesIO(storage.read_bytes(uri)))
+
+
+class _UnionFind:
+    def __init__(self, n: int) -> None:
+        self.parent = list(range(n))
+
+    def find(self, a: int) -> int:
+        while self.parent[a] != a:
+            self.parent[a] = self.parent[self.parent[a]]
+            a = self.parent[a]
+        return a
+
+    def union(self, a: int, b: int) -> None:
+        ra, rb = self.find(a), self.find(b)
+        if ra != rb:
+            # The smaller index stays root: deterministic groups.
+            self.parent[max(ra, rb)] = min(ra, rb)
+
+
+def geodesic_area_m2(geoms: Sequence[shapely.Geometry], crs_wkt: str) -> np.ndarray:
+    """Geodesic areas (m^2, WGS84 ellipsoid) of polygons given in ``crs_wkt``."""
+    to_ll = Transformer.from_crs(ProjCRS.from_wkt(crs_wkt), "EPSG:4326", always_xy=True)
+    out = np.zeros(len(geoms), dtype=np.float64)
+    for i, g in enumerate(geoms):
+        ll = shapely.ops.transform(to_ll.transform, g)
+        area, _ = _GEOD.geometry_area_perimeter(ll)
+        out[i] = abs(area)
+    return out
+
+
+def _seam_pairs(parts: gpd.GeoDataFrame) -> list[tuple[int, int]]:
+    """Pairs of rows (same query, neighbouring chunks) sharing a seam edge of positive length."""
+    pairs: list[tuple[int, int]] = []
+    border = parts.index[
+        parts["touches_top"] | parts["touches_bottom"] | parts["touches_left"] | parts["touches_right"]
+    ].to_numpy()
+    if len(border) == 0:
+        return pairs
+    geoms = parts.geometry.to_numpy()
+    tree = shapely.STRtree(geoms[border])
+    left, right = tree.query(geoms[border], predicate="intersects")
+    qid = parts["query_id"].to_numpy()
+    crow, ccol = parts["chunk_row"].to_numpy(), parts["chunk_col"].to_numpy()
+    for a_i, b_i in zip(left, right, strict=True):
+        a, b = int(border[a_i]), int(border[b_i])
+        if a >= b or qid[a] != qid[b]:
+            continue
+        if abs(int(crow[a]) - int(crow[b])) + abs(int(ccol[a]) - int(ccol[b])) != 1:
+            continue
+        if shapely.intersection(geoms[a], geoms[b]).length > 0:
+            pairs.append((a, b))
+    return pairs
+
+
+def merge_parts(
+    part_uris: Sequence[str],
+    out_uri: str,
+    crs_wkt: str,
+    min_area_m2: float = 0.0,
+    simplify_m: float | None = None,
+    item_datetimes: Mapping[str, str] | None = None,
+) -> gpd.GeoDataFrame:
+    """Merge per-chunk parts into the final GeoParquet 1.1 file, joining polygons cut by chunk seams.
+
+    Parts are read in sorted order; seam neighbours (same query, adjacent chunks, a shared edge of
+    positive length: 4-connectivity) are joined with union-find; scores combine exactly from sums and
+    counts. Rows are sorted by query, then chunk, then position; ids are ``q{query}-{chunk}-{n}``.
+
+    Args:
+        part_uris: Part files (any order; sorted here).
+        out_uri: Destination, e.g. ``out/polygons.parquet``.
+        crs_wkt: The grid CRS (WKT2), recorded as PROJJSON.
+        min_area_m2: Drop merged polygons smaller than this (geodesic m^2).
+        simplify_m: Optional simplification tolerance in metres (grid CRS units for metric CRSs).
+        item_datetimes: Item id -> acquisition datetime (ISO), for the ``datetime`` column.
+
+    Returns:
+        The written GeoDataFrame.
+    """
+    frames = [read_part(u) for u in sorted(part_uris)]
+    frames = [f for f in frames if len(f)]
+    columns = [
+        "polygon_id",
+        "query_id",
+        "query",
+        "score_mean",
+        "score_max",
+        "area_m2",
+        "chunk_id",
+        "n_chunks",
+        "item_ids",
+        "datetime",
+    ]
+    if not frames:
+        empty = gpd.GeoDataFrame(
+            {
+                c: pd.Series(
+                    dtype="object"
+                    if c in ("polygon_id", "query", "chunk_id", "item_ids", "datetime")
+                    else "float64"
+                )
+                for c in columns
+            },
+            geometry=gpd.GeoSeries([], dtype="geometry"),
+            crs=crs_wkt,
+        )
+        _write_final(empty, out_uri)
+        return empty
+    parts = pd.concat(frames, ignore_index=True)
+    parts = parts.sort_values(["query_id", "chunk_id", "label"], kind="stable").reset_index(drop=True)
+    uf = _UnionFind(len(parts))
+    for a, b in _seam_pairs(parts):
+        uf.union(a, b)
+    roots = np.array([uf.find(i) for i in range(len(parts))])
+    records: list[dict[str, Any]] = []
+    geoms: list[shapely.Geometry] = []
+    datetimes = dict(item_datetimes or {})
+    for root in sorted(set(roots.tolist())):
+        members = np.flatnonzero(roots == root)
+        sub = parts.iloc[members]
+        geom = sub.geometry.iloc[0] if len(sub) == 1 else shapely.union_all(sub.geometry.to_numpy())
+        count = int(sub["score_count"].sum())
+        per_chunk = sub.groupby("chunk_id", sort=True)["score_count"].sum()
+        best_chunk = str(per_chunk.idxmax())
+        item_px: dict[str, int] = {}
+        for ids, px in zip(sub["item_ids"], sub["item_pixels"], strict=True):
+            for i, p in zip(list(ids), list(px), strict=True):
+                item_px[str(i)] = item_px.get(str(i), 0) + int(p)
+        main_item = max(sorted(item_px), key=lambda k: item_px[k]) if item_px else None
+        records.append(
+            {
+                "query_id": int(sub["query_id"].iloc[0]),
+                "query": str(sub["query"].iloc[0]),
+                "score_mean": float(sub["score_sum"].sum()) / max(count, 1),
+                "score_max": float(sub["score_max"].max()),
+                "chunk_id": best_chunk,
+                "n_chunks": int(sub["chunk_id"].nunique()),
+                "item_ids": sorted(item_px),
+                "datetime": datetimes.get(main_item) if main_item else None,
+                "_first_chunk": str(sub["chunk_id"].iloc[0]),
+            }
+        )
+        geoms.append(geom)
+    out = gpd.GeoDataFrame(pd.DataFrame(records), geometry=geoms, crs=crs_wkt)
+    if simplify_m:
+        crs = ProjCRS.from_wkt(crs_wkt)
+        tol = simplify_m if crs.is_projected else simplify_m / 111_320.0
+        out["geometry"] = out.geometry.simplify(tol, preserve_topology=True)
+    out["area_m2"] = geodesic_area_m2(out.geometry.to_numpy(), crs_wkt)
+    if min_area_m2 > 0:
+        out = out[out["area_m2"] >= min_area_m2]
+    # Deterministic order: query, chunk holding the polygon's first part, then top-left corner.
+    b = out.geometry.bounds
+    out = out.assign(_miny=-b["maxy"].round(9), _minx=b["minx"].round(9))
+    out = out.sort_values(["query_id", "_first_chunk", "_miny", "_minx"], kind="stable").reset_index(
+        drop=True
+    )
+    ids = []
+    counter: dict[tuple[int, str], int] = {}
+    for qid, chunk in zip(out["query_id"], out["_first_chunk"], strict=True):
+        k = counter.get((qid, chunk), 0)
+        counter[(qid, chunk)] = k + 1
+        ids.append(f"q{int(qid):03d}-{chunk}-{k:05d}")
+    out.insert(0, "polygon_id", ids)
+    out = out.drop(columns=["_first_chunk", "_miny", "_minx"])
+    out = out[[*columns, "geometry"]]
+    _write_final(out, out_uri)
+    logger.info("merged %d part polygons into %d polygons -> %s", len(parts), len(out), out_uri)
+    return out
+
+
+def _write_final(gdf: gpd.GeoDataFrame, uri: str) -> None:
+    buf = io.BytesIO()
+    gdf.to_parquet(buf, compression="zstd", index=False, schema_version="1.1.0", write_covering_bbox=True)
+    parent = uri.rsplit("/", 1)[0]
+    if parent != uri:
+        storage.makedirs(parent)
+    storage.write_bytes(uri, buf.getvalue())
+
+
+def geo_metadata(uri: str) -> dict[str, Any]:
+    """The ``geo`` metadata of a GeoParquet file (version, CRS, covering)."""
+    meta = pq.read_schema(io.BytesIO(storage.read_bytes(uri))).metadata or {}
+    return dict(json.loads(meta[b"geo"])) if b"geo" in meta else {}
