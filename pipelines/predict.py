@@ -83,7 +83,9 @@ def validate_queries(queries: list[str], max_chars: int = MAX_QUERY_CHARS) -> li
     for i, q in enumerate(queries):
         text = " ".join(str(q).split())
         if not text:
-            raise ValueError(f"query {i} is empty; give a plain-language description such as 'ponds near roads'")
+            raise ValueError(
+                f"query {i} is empty; give a plain-language description such as 'ponds near roads'"
+            )
         if len(text) > max_chars:
             raise ValueError(
                 f"query {i} has {len(text)} characters, more than the limit of {max_chars}; "
@@ -229,7 +231,9 @@ def _local_checkpoint(uri: str) -> Path:
     if not storage.is_remote(uri):
         path = Path(uri).expanduser()
         if not path.is_dir():
-            raise FileNotFoundError(f"checkpoint folder {uri} does not exist; give the folder save_pretrained wrote")
+            raise FileNotFoundError(
+                f"checkpoint folder {uri} does not exist; give the folder save_pretrained wrote"
+            )
         return path
     local = Path(tempfile.mkdtemp(prefix="crobim-ckpt-"))
     storage.download_dir(uri, local)

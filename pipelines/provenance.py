@@ -66,7 +66,9 @@ class FingerprintMismatchError(ValueError):
 
 def canonical_json(obj: Any) -> bytes:
     """UTF-8 JSON with sorted keys and no whitespace: equal objects give equal bytes."""
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+    return json.dumps(
+        obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+    ).encode()
 
 
 def fingerprint(settings: dict[str, Any]) -> str:
@@ -93,7 +95,9 @@ def folder_sha256(uri: str) -> str:
     base = base.rstrip("/")
     files = sorted(str(p) for p in fs.find(base))
     if not files:
-        raise FileNotFoundError(f"folder {uri} holds no file; expected a checkpoint written by save_pretrained")
+        raise FileNotFoundError(
+            f"folder {uri} holds no file; expected a checkpoint written by save_pretrained"
+        )
     lines = []
     for path in files:
         rel = path[len(base) :].lstrip("/")
@@ -194,7 +198,9 @@ def claim_output(out: str, overwrite: bool = False) -> None:
 def write_fingerprint(out: str, settings: dict[str, Any]) -> str:
     """Record the run's settings and fingerprint in ``out``; returns the fingerprint."""
     fp = fingerprint(settings)
-    storage.write_json(storage.join(out, STATE_DIR, FINGERPRINT_FILE), {"fingerprint": fp, "settings": settings})
+    storage.write_json(
+        storage.join(out, STATE_DIR, FINGERPRINT_FILE), {"fingerprint": fp, "settings": settings}
+    )
     return fp
 
 

@@ -1,0 +1,191 @@
+"""Answer plain-language queries over a region: masks in Zarr, polygons in GeoParquet (PIPELINE.md §1-§5).
+
+Example::
+
+    python jobs/infer_region.py --bbox -69.2 44.3 -69.1 44.4 --query "buildings" --query "ponds near roads" \\
+        --stac-url http://127.0.0.1:8080 --collection naip --model ckpt/crobim-tiny --out out/
+
+Runs locally (``ray.init()``) or on a cluster (``--address`` or under ``ray job submit``). Re-running into the
+same ``--out`` resumes; ``--overwrite`` starts clean; ``--dry-run`` prints the plan as JSON.
+Exit codes: 0 done, 1 some chunks failed (listed in run.json and below), 2 bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+__all__ = ["build_parser", "config_from_args", "main"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The job's command line (also used by the quickstart and tests)."""
+    p = argparse.ArgumentParser(
+        prog="infer_region.py",
+        description="Run CroBIM (or any RegionPredictor) over a bbox for one or more text queries.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    where = p.add_argument_group("region and imagery")
+    where.add_argument("--bbox", nargs=4, type=float, metavar=("W", "S", "E", "N"), help="WGS84 degrees")
+    src = where.add_mutually_exclusive_group()
+    src.add_argument("--stac-url", help="STAC API root URL")
+    src.add_argument("--catalog", help="ItemCollection JSON, NDJSON or stac-geoparquet file (local or s3://)")
+    where.add_argument("--collection", action="append", default=[], help="collection id (repeatable)")
+    where.add_argument("--datetime", help="'2023-01-01/2023-06-30', one date, or open '../2023-06-30'")
+    where.add_argument("--max-cloud", type=float, help="largest eo:cloud_cover in percent")
+    where.add_argument("--allow-missing-cloud", action="store_true", help="keep items without eo:cloud_cover")
+    where.add_argument("--prefer", choices=("cloud", "recent"), default="cloud", help="item order")
+    where.add_argument("--limit", type=int, help="use at most this many items (after ordering)")
+    where.add_argument("--max-items-per-chunk", type=int, default=4, help="mosaic depth per chunk")
+    where.add_argument("--max-area-km2", type=float, default=250_000.0, help="refuse larger bboxes")
+    where.add_argument("--nodata", type=float, help="override the assets' nodata value")
+
+    q = p.add_argument_group("queries and model")
+    q.add_argument("--query", action="append", default=[], help="plain-language query (repeatable)")
+    q.add_argument("--model", help="CroBIM checkpoint folder (local or s3://) or package.module:factory")
+    q.add_argument("--threshold", type=float, default=0.5, help="probability cut for polygons")
+    q.add_argument("--min-area", type=float, default=0.0, help="drop polygons below this area (m^2)")
+    q.add_argument("--simplify", type=float, help="simplify polygons with this tolerance (m)")
+
+    g = p.add_argument_group("grid and tiling")
+    g.add_argument(
+        "--crs", help="output CRS (default: items' native metric CRS, else UTM of the bbox centre)"
+    )
+    g.add_argument("--resolution", type=float, help="pixel size in CRS units (default: native)")
+    g.add_argument("--chunk-size", type=int, default=2048, help="processing chunk side (px)")
+    g.add_argument("--tile-size", type=int, help="model tile side (px; default: the model's)")
+    g.add_argument("--overlap", type=int, help="tile overlap V (px; default 128 at 480, scaled)")
+    g.add_argument("--margin", type=int, help="discarded tile margin m (px; default 16 at 480, scaled)")
+    g.add_argument("--blend", choices=("cosine", "clip"), default="cosine", help="tile blending")
+
+    r = p.add_argument_group("execution")
+    r.add_argument("--out", help="output folder (local or s3://)")
+    r.add_argument("--batch-size", type=int, default=4, help="tiles per model call (fixed; last one padded)")
+    r.add_argument("--actors", type=int, default=1, help="most inference actors")
+    r.add_argument("--gpus-per-actor", type=float, default=0.0, help="GPUs per inference actor (0: CPU)")
+    r.add_argument("--cpus-per-actor", type=float, default=1.0, help="CPUs reserved per inference actor")
+    r.add_argument("--read-cpus", type=float, default=0.5, help="CPUs per read task")
+    r.add_argument("--torch-threads", type=int, help="torch threads per actor (default: its CPUs)")
+    r.add_argument(
+        "--inference-resource",
+        help="custom Ray resource the inference actors request (1 each), e.g. inference",
+    )
+    r.add_argument("--address", help="Ray cluster address (default: a local runtime)")
+    r.add_argument("--overwrite", action="store_true", help="delete an existing --out first")
+    r.add_argument("--dry-run", action="store_true", help="print the plan as JSON and exit")
+    r.add_argument("--html", action="store_true", help="also write map.html (offline Leaflet map)")
+    r.add_argument("--no-progress", action="store_true", help="no progress bars")
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> object:
+    """The ``RegionJobConfig`` the parsed arguments describe.
+
+    Raises:
+        ValueError: A required flag is missing or a value is invalid.
+    """
+    from pipelines.region import RegionJobConfig
+
+    missing = [flag for flag, value in (("--bbox", args.bbox), ("--model", args.model)) if value is None]
+    if not args.dry_run and args.out is None:
+        missing.append("--out")
+    if missing:
+        raise ValueError(f"missing {', '.join(missing)}; see --help")
+    if not args.query:
+        raise ValueError('no --query given; add at least one, e.g. --query "buildings"')
+    from pipelines.predict import validate_queries
+
+    return RegionJobConfig(
+        bbox=tuple(args.bbox),
+        queries=tuple(validate_queries(args.query)),
+        out=args.out or "",
+        model=args.model,
+        stac_url=args.stac_url,
+        catalog=args.catalog,
+        collections=tuple(args.collection),
+        datetime=args.datetime,
+        max_cloud=args.max_cloud,
+        allow_missing_cloud=args.allow_missing_cloud,
+        prefer=args.prefer,
+        limit=args.limit,
+        max_items_per_chunk=args.max_items_per_chunk,
+        max_area_km2=args.max_area_km2,
+        crs=args.crs,
+        resolution=args.resolution,
+        nodata=args.nodata,
+        chunk_size_px=args.chunk_size,
+        tile_size_px=args.tile_size,
+        overlap_px=args.overlap,
+        margin_px=args.margin,
+        blend=args.blend,
+        threshold=args.threshold,
+        min_area_m2=args.min_area,
+        simplify_m=args.simplify,
+        batch_size=args.batch_size,
+        actors=args.actors,
+        gpus_per_actor=args.gpus_per_actor,
+        cpus_per_actor=args.cpus_per_actor,
+        read_cpus=args.read_cpus,
+        torch_threads=args.torch_threads,
+        inference_resource=args.inference_resource,
+        overwrite=args.overwrite,
+        html=args.html,
+        progress=not args.no_progress,
+    )
+
+
+def _print_summary(result: object) -> None:
+    r = result  # RegionResult
+    c = r.counts  # type: ignore[attr-defined]
+    t = r.timings_s  # type: ignore[attr-defined]
+    ch = c["chunks"]
+    print(f"\nRegion job {r.status}: {r.out}")  # type: ignore[attr-defined]
+    print(
+        f"  chunks: {ch['total']} total, {ch['done']} done ({ch['done_this_run']} this run, "
+        f"{ch['skipped_done_before']} resumed), {ch['empty']} without imagery, {ch['failed']} failed"
+    )
+    print(
+        f"  tiles: {c['tiles']} ({c['tile_query_decodes']} tile-query decodes), imagery: {c['valid_km2']:.3f} km^2"
+    )
+    for query, n in r.polygons_per_query.items():  # type: ignore[attr-defined]
+        print(f"  polygons for {query!r}: {n}")
+    print(
+        f"  throughput: {t['tiles_per_s']:.2f} tiles/s, {t['km2_per_h']:.1f} km^2/h "
+        f"(GSD {t['gsd_m']:.2f} m, Q = {t['queries']}, rho = {t['rho']:.2f}); "
+        f"time: {t['total_s']:.1f} s (pipeline {t['pipeline_s']:.1f} s)"
+    )
+    for f in r.failures:  # type: ignore[attr-defined]
+        print(f"  FAILED chunk {f['chunk_id']} ({f['stage']}): {f['reason']}", file=sys.stderr)
+    if r.failures:  # type: ignore[attr-defined]
+        print("  rerun the same command to retry the failed chunks", file=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse, plan or run, print the summary; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from pipelines.errors import PipelineError
+    from pipelines.provenance import FingerprintMismatchError
+
+    try:
+        config = config_from_args(args)
+        if args.dry_run:
+            from pipelines.region import plan_region
+
+            print(json.dumps(plan_region(config).to_json(), indent=2))  # type: ignore[arg-type]
+            return 0
+        from pipelines.region import run_region
+
+        result = run_region(config, address=args.address)  # type: ignore[arg-type]
+    except (ValueError, TypeError, FileNotFoundError, FileExistsError, KeyError, PipelineError) as exc:
+        kind = "settings differ" if isinstance(exc, FingerprintMismatchError) else type(exc).__name__
+        print(f"error ({kind}): {exc}", file=sys.stderr)
+        return 2
+    _print_summary(result)
+    return 0 if result.ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
