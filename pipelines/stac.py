@@ -17,6 +17,7 @@ import pystac
 import shapely.geometry
 from pyproj import Geod
 
+from pipelines import storage
 from pipelines.errors import CatalogError, NoItemsError
 
 __all__ = [
@@ -318,17 +319,8 @@ def filter_items(
 
 
 def _read_uri_bytes(uri: str) -> bytes:
-    """Read a local path or object-store URI (through ``pipelines.storage`` when available)."""
-    try:
-        from pipelines import storage
-    except ImportError:
-        storage = None  # type: ignore[assignment]
-    if storage is not None and hasattr(storage, "read_bytes"):
-        return bytes(storage.read_bytes(uri))
-    import fsspec
-
-    with fsspec.open(uri, "rb") as fh:
-        return bytes(fh.read())
+    """Read a local path or object-store URI."""
+    return storage.read_bytes(uri)
 
 
 def _items_from_dicts(dicts: Iterable[dict[str, Any]], source: str) -> list[pystac.Item]:
@@ -534,7 +526,14 @@ def freeze_items(items: Sequence[pystac.Item], uri: str) -> str:
     import pyarrow.parquet as pq
     import stac_geoparquet.arrow
 
-    dicts = [it.to_dict(transform_hrefs=False) for it in items]
+    dicts = []
+    for it in items:
+        d = it.to_dict(transform_hrefs=False)
+        if d.get("geometry") is None and it.bbox:
+            # stac-geoparquet needs a geometry; the bbox is the footprint such items are searched by.
+            d["bbox"] = list(it.bbox)
+            d["geometry"] = shapely.geometry.mapping(shapely.geometry.box(*it.bbox[:2], *it.bbox[-2:]))
+        dicts.append(d)
     table = stac_geoparquet.arrow.parse_stac_items_to_arrow(dicts).read_all()
     buf = io.BytesIO()
     pq.write_table(table, buf, compression="zstd")
@@ -543,22 +542,10 @@ def freeze_items(items: Sequence[pystac.Item], uri: str) -> str:
 
 
 def _write_uri_bytes(uri: str, data: bytes) -> None:
-    try:
-        from pipelines import storage
-    except ImportError:
-        storage = None  # type: ignore[assignment]
-    if storage is not None and hasattr(storage, "write_bytes"):
-        parent = uri.rsplit("/", 1)[0]
-        if parent and parent != uri:
-            storage.makedirs(parent)
-        storage.write_bytes(uri, data)
-        return
-    import fsspec
-
-    fs, path = fsspec.core.url_to_fs(uri)
-    fs.makedirs(path.rsplit("/", 1)[0] or ".", exist_ok=True)
-    with fs.open(path, "wb") as fh:
-        fh.write(data)
+    parent = uri.rsplit("/", 1)[0]
+    if parent and parent != uri:
+        storage.makedirs(parent)
+    storage.write_bytes(uri, data)
 
 
 def load_items(uri: str) -> list[pystac.Item]:

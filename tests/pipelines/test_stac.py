@@ -1,0 +1,218 @@
+"""STAC search against a real rustac API and catalog files, ordering, de-duplication, freezing and errors."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import pystac
+import pytest
+import shapely.geometry
+
+from pipelines.errors import CatalogError, NoItemsError
+from pipelines.stac import (
+    bbox_area_km2,
+    deduplicate,
+    freeze_items,
+    load_catalog,
+    load_items,
+    parse_datetime_range,
+    search_items,
+    sort_items,
+    validate_bbox,
+)
+from tests.fixtures.servers import free_port
+
+S2_FILE = "sentinel2_c1_l2a_earthsearch_items.json"
+# Ceará, Brazil: the five T24M* tiles of 2025-07-31 lie here (clouds 56.8, 34.8, 25.3, 24.7, 41.5 %).
+BRAZIL_BBOX = (-40.4, -5.3, -37.5, -3.5)
+
+
+def _features(shared_data: Path, name: str = S2_FILE) -> list[dict]:
+    return json.loads((shared_data / "stac" / name).read_text())["features"]
+
+
+def _expected(features: list[dict], bbox, day: str, max_cloud: float) -> list[str]:
+    """Independent truth: plain comparisons on the published JSON (bbox overlap, date prefix, cloud)."""
+    w, s, e, n = bbox
+    keep = []
+    for f in features:
+        fw, fs, fe, fn = f["bbox"]
+        cloud = f["properties"].get("eo:cloud_cover")
+        if fe < w or fw > e or fn < s or fs > n:
+            continue
+        if not f["properties"]["datetime"].startswith(day) or cloud is None or cloud > max_cloud:
+            continue
+        keep.append((cloud, f["id"]))
+    return [i for _, i in sorted(keep)]
+
+
+def test_search_rustac_real_sentinel2_exact_and_least_cloudy_first(shared_data, s2_items_served, stac_api):
+    url = stac_api(s2_items_served)
+    items = search_items(BRAZIL_BBOX, stac_url=url, datetime="2025-07-31", max_cloud=40.0)
+    ids = [it.id for it in items]
+    expected = _expected(_features(shared_data), BRAZIL_BBOX, "2025-07-31", 40.0)
+    assert expected == [
+        "S2B_T24MXV_20250731T130245_L2A",
+        "S2B_T24MWV_20250731T130245_L2A",
+        "S2B_T24MVV_20250731T130245_L2A",
+    ]
+    assert ids == expected
+    clouds = [it.properties["eo:cloud_cover"] for it in items]
+    assert clouds == sorted(clouds)
+    # The served items carry rewritten hrefs on loopback; every other field is as published.
+    assert items[0].assets["visual"].href.startswith("http://127.0.0.1:")
+
+
+def test_search_rustac_datetime_instants_and_collections(s2_items_served, stac_api):
+    url = stac_api(s2_items_served)
+    # Acquisition times of the Brazil tiles differ by seconds; the window keeps MXV, MWV and MVV only.
+    items = search_items(BRAZIL_BBOX, stac_url=url, datetime="2025-07-31T13:03:20Z/2025-07-31T13:03:26Z")
+    assert [it.id for it in items] == [
+        "S2B_T24MXV_20250731T130245_L2A",
+        "S2B_T24MWV_20250731T130245_L2A",
+        "S2B_T24MVV_20250731T130245_L2A",
+    ]
+    with pytest.raises(NoItemsError):
+        search_items(BRAZIL_BBOX, stac_url=url, datetime="2025-07-01/2025-07-30")
+    with pytest.raises(NoItemsError):
+        search_items(BRAZIL_BBOX, stac_url=url, collections=["landsat-c2-l2"])
+    assert len(search_items(BRAZIL_BBOX, stac_url=url, datetime="2025-07", limit=2)) == 2
+
+
+def test_catalog_missing_cloud_and_recent_order(shared_data):
+    catalog = str(shared_data / "stac" / S2_FILE)
+    # Colorado items carry no eo:cloud_cover (and no geometry: the bbox is the footprint): dropped under
+    # max_cloud unless allowed; with equal (missing) cloud, the most recent comes first.
+    bbox = (-105.5, 39.8, -105.0, 40.2)
+    with pytest.raises(NoItemsError, match="allow-missing-cloud"):
+        search_items(bbox, catalog=catalog, datetime="2025-07-15/2025-07-25", max_cloud=50)
+    items = search_items(
+        bbox,
+        catalog=catalog,
+        datetime="2025-07-15/2025-07-25",
+        max_cloud=50,
+        allow_missing_cloud=True,
+        collections=["sentinel-2-c1-l2a"],
+    )
+    assert [it.id for it in items] == [
+        "S2B_T13TDE_20250724T180145_L2A",
+        "S2B_T13TDE_20250721T174755_L2A",
+        "S2C_T13TDE_20250719T180004_L2A",
+        "S2A_T13TDE_20250718T175132_L2A",
+        "S2C_T13TDE_20250716T175117_L2A",
+    ]
+
+
+def test_catalog_files_give_same_result_as_api(shared_data, tmp_path, s2_items_served, stac_api):
+    url = stac_api(s2_items_served)
+    api = [it.id for it in search_items(BRAZIL_BBOX, stac_url=url, max_cloud=45)]
+    fc = tmp_path / "items.json"
+    fc.write_text(json.dumps({"type": "FeatureCollection", "features": s2_items_served}))
+    nd = tmp_path / "items.ndjson"
+    nd.write_text("\n".join(json.dumps(f) for f in s2_items_served) + "\n")
+    gp = tmp_path / "items.parquet"
+    freeze_items([pystac.Item.from_dict(f, migrate=False) for f in s2_items_served], str(gp))
+    for path in (fc, nd, gp):
+        assert [it.id for it in search_items(BRAZIL_BBOX, catalog=str(path), max_cloud=45)] == api
+    assert len(api) == 4
+
+
+def test_freeze_round_trip_keeps_items_and_order(shared_data, tmp_path):
+    items = load_catalog(str(shared_data / "stac" / S2_FILE))
+    ordered = sort_items(items)
+    uri = str(tmp_path / "inputs" / "items.parquet")
+    freeze_items(ordered, uri)
+    back = load_items(uri)
+    assert [it.id for it in back] == [it.id for it in ordered]
+    a, b = ordered[0].to_dict(transform_hrefs=False), back[0].to_dict(transform_hrefs=False)
+    assert a["assets"]["red"]["raster:bands"] == b["assets"]["red"]["raster:bands"]
+    assert a["assets"]["visual"]["href"] == b["assets"]["visual"]["href"]
+    assert shapely.geometry.shape(a["geometry"]).equals_exact(shapely.geometry.shape(b["geometry"]), 1e-12)
+    assert a["properties"]["eo:cloud_cover"] == b["properties"]["eo:cloud_cover"]
+
+
+def test_ordering_total_and_prefer_recent(shared_data):
+    items = load_catalog(str(shared_data / "stac" / S2_FILE))
+    by_cloud = sort_items(items)
+    clouded = [it for it in by_cloud if "eo:cloud_cover" in it.properties]
+    assert [it.properties["eo:cloud_cover"] for it in clouded] == sorted(
+        it.properties["eo:cloud_cover"] for it in clouded
+    )
+    assert by_cloud[-1].properties.get("eo:cloud_cover") is None  # missing cloud sorts last
+    recent = sort_items(items, prefer="recent")
+    dates = [it.datetime for it in recent]
+    assert dates == sorted(dates, reverse=True)
+    assert sort_items(list(reversed(items))) == by_cloud  # total order: input order does not matter
+
+
+def test_deduplicate_ids_and_reprocessed_copies(shared_data):
+    items = load_catalog(str(shared_data / "stac" / S2_FILE))
+    base = items[1]
+    twin = base.clone()
+    old = base.clone()
+    old.id = base.id.replace("_L2A", "_L2A_OLD")
+    old.properties["s2:processing_baseline"] = "05.00"
+    old.properties["s2:datatake_id"] = base.properties["s2:datatake_id"].replace("N05.11", "N05.00")
+    kept = deduplicate([old, base, twin])
+    assert [it.id for it in kept] == [base.id]
+
+
+def test_validate_bbox_errors():
+    assert validate_bbox([1, 2, 3, 4]) == (1.0, 2.0, 3.0, 4.0)
+    with pytest.raises(ValueError, match="south 5.0 is not below north 4.0"):
+        validate_bbox((1, 5, 3, 4))
+    with pytest.raises(ValueError, match="antimeridian"):
+        validate_bbox((179, -1, -179, 1))
+    with pytest.raises(ValueError, match=r"outside \[-90, 90\]"):
+        validate_bbox((0, -95, 1, 1))
+    with pytest.raises(ValueError, match=r"outside \[-180, 180\]"):
+        validate_bbox((-181, 0, 1, 1))
+    with pytest.raises(ValueError, match="4 numbers"):
+        validate_bbox((1, 2, 3))
+    with pytest.raises(ValueError, match="exceeds the limit"):
+        validate_bbox((0, 0, 10, 10), max_area_km2=1000)
+    assert bbox_area_km2((0, 0, 1, 1)) == pytest.approx(12308, rel=0.01)
+
+
+def test_datetime_parsing():
+    rng = parse_datetime_range("2025-07")
+    assert rng.start.isoformat() == "2025-07-01T00:00:00+00:00"
+    assert rng.end.isoformat() == "2025-07-31T23:59:59.999999+00:00"
+    open_end = parse_datetime_range("2025-07-01/..")
+    assert open_end.end is None
+    with pytest.raises(ValueError, match="starts after it ends"):
+        parse_datetime_range("2025-08-01/2025-07-01")
+    with pytest.raises(ValueError, match="ISO 8601"):
+        parse_datetime_range("July")
+
+
+def test_unreachable_api_is_a_clear_error():
+    url = f"http://127.0.0.1:{free_port()}"
+    with pytest.raises(CatalogError, match="unreachable|could not be opened"):
+        search_items(BRAZIL_BBOX, stac_url=url)
+
+
+def test_static_catalog_and_bad_files(tmp_path):
+    cat = tmp_path / "catalog.json"
+    cat.write_text(
+        json.dumps({"type": "Catalog", "id": "x", "description": "d", "stac_version": "1.0.0", "links": []})
+    )
+    with pytest.raises(CatalogError, match="not searchable"):
+        search_items(BRAZIL_BBOX, catalog=str(cat))
+    with pytest.raises(CatalogError, match="does not exist"):
+        search_items(BRAZIL_BBOX, catalog=str(tmp_path / "missing.json"))
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    with pytest.raises(CatalogError, match="neither JSON"):
+        load_catalog(str(bad))
+    with pytest.raises(ValueError, match="exactly one"):
+        search_items(BRAZIL_BBOX)
+
+
+def test_no_items_names_the_filters(shared_data):
+    with pytest.raises(NoItemsError, match="max_cloud=1"):
+        search_items(BRAZIL_BBOX, catalog=str(shared_data / "stac" / S2_FILE), max_cloud=1)
+    items = _features(shared_data)
+    assert copy.deepcopy(items) == items  # the published file is untouched
