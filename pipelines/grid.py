@@ -15,8 +15,6 @@ import shapely.ops
 from affine import Affine
 from pyproj import CRS as ProjCRS
 from pyproj import Transformer
-from pyproj.aoi import AreaOfInterest
-from pyproj.database import query_utm_crs_info
 from rasterio.crs import CRS
 from rasterio.warp import transform_bounds
 
@@ -154,14 +152,15 @@ def chunk_id(row: int, col: int) -> str:
 
 
 def utm_crs_for(lon: float, lat: float) -> CRS:
-    """The WGS84 UTM zone (north or south) containing ``(lon, lat)``."""
-    infos = query_utm_crs_info(
-        datum_name="WGS 84",
-        area_of_interest=AreaOfInterest(lon, lat, lon, lat),
-    )
-    if not infos:
-        raise ValueError(f"no UTM zone found for lon={lon}, lat={lat}; pass an explicit --crs")
-    return CRS.from_epsg(int(infos[0].code))
+    """The WGS84 UTM zone (north or south) containing ``(lon, lat)``.
+
+    Plain 6-degree zones, as pyproj's ``query_utm_crs_info`` (EPSG areas of use) answers them (tested),
+    at a fraction of its cost (~0.4 s per database query); the MGRS Norway/Svalbard exceptions are not applied.
+    """
+    if not (-180.0 <= lon <= 180.0 and -80.0 <= lat <= 84.0):
+        raise ValueError(f"lon={lon}, lat={lat} is outside the UTM domain (80S..84N); pass an explicit --crs")
+    zone = min(int((lon + 180.0) // 6.0) + 1, 60)
+    return CRS.from_epsg((32600 if lat >= 0 else 32700) + zone)
 
 
 @dataclass(frozen=True)

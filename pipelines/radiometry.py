@@ -23,6 +23,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 _RGB = ("red", "green", "blue")
+_LOW_RES_ROLES = {"overview", "thumbnail"}
 _RASTER_MIME = ("image/tiff", "image/vnd.stac.geotiff", "application/x-geotiff", "image/jp2")
 
 
@@ -209,8 +210,9 @@ def select_rgb_source(item: pystac.Item, config: RadiometryConfig | None = None)
         idx = [names.index(c) + 1 for c in _RGB] if entries else [1, 2, 3]
         bands = tuple(_band(key, asset, i, entries[i - 1] if entries else {}, cfg) for i in idx)
         return RGBSource(item.id, "visual", bands, _mode(bands, item.id, cfg))  # type: ignore[arg-type]
-    # 2. One multi-band asset holding red, green and blue (NAIP "image": R, G, B, NIR).
-    for key, asset in sorted(assets.items(), key=lambda ka: _prefer_key(*ka)):
+    # 2. One multi-band asset holding red, green and blue (NAIP "image": R, G, B, NIR); previews excluded.
+    full_res = {k: a for k, a in assets.items() if not _LOW_RES_ROLES & set(a.roles or [])}
+    for key, asset in sorted(full_res.items(), key=lambda ka: _prefer_key(*ka)):
         entries = _band_entries(asset)
         names = [e.get("common_name") for e in entries]
         if len(entries) >= 3 and all(c in names for c in _RGB):
@@ -218,7 +220,7 @@ def select_rgb_source(item: pystac.Item, config: RadiometryConfig | None = None)
             return RGBSource(item.id, "multiband", bands, _mode(bands, item.id, cfg))  # type: ignore[arg-type]
     # 3. Single-band assets by common name.
     found: dict[str, BandSource] = {}
-    for key, asset in sorted(assets.items(), key=lambda ka: _prefer_key(*ka)):
+    for key, asset in sorted(full_res.items(), key=lambda ka: _prefer_key(*ka)):
         entries = _band_entries(asset)
         if len(entries) != 1:
             continue
@@ -248,7 +250,7 @@ def to_uint8(values: np.ndarray, source: RGBSource, config: RadiometryConfig | N
 
     ``passthrough``: uint8 values are returned as they are. ``reflectance``: ``DN * scale + offset``
     per band (``raster:bands``, else the config's scale/offset), then ``stretch_min..stretch_max`` linearly
-    to 0..255, clipped, rounded half to even. No statistic of ``values`` is used, so every tile and chunk
+    to 0..255, clipped, rounded to nearest (float32 arithmetic). No statistic of ``values`` is used, so every tile and chunk
     maps the same DN to the same byte. Invalid pixels are the caller's business (the valid mask).
 
     Args:
