@@ -66,7 +66,7 @@ class OutputGrid:
 
     def window_transform(self, row_off: int, col_off: int) -> Affine:
         """Transform of a window whose top-left pixel is ``(row_off, col_off)`` (may be negative)."""
-        return self.affine * Affine.translation(col_off, row_off)
+        return self.affine @ Affine.translation(col_off, row_off)
 
     def epsg(self) -> int | None:
         """EPSG code of the CRS when it has one."""

@@ -127,9 +127,15 @@ def classify_error(exc: BaseException, href: str) -> ReadError:
     """Turn a rasterio/GDAL error into a transient or permanent :class:`ReadError` with a specific message."""
     if isinstance(exc, ReadError):
         return exc
-    text = f"{type(exc).__name__}: {exc}"
+    # GDAL's detail often sits in the chained exception ("Read failed. See previous exception").
+    parts, seen, cur = [], set(), exc
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        parts.append(f"{type(cur).__name__}: {cur}")
+        cur = cur.__cause__ or cur.__context__
+    text = " <- ".join(parts)
     if _NOT_FOUND.search(text) or isinstance(exc, FileNotFoundError):
-        return AssetNotFoundError(f"asset {href} does not exist (HTTP 404 / missing file): {exc}", href)
+        return AssetNotFoundError(f"asset {href} does not exist (HTTP 404 / missing file): {text}", href)
     if _FORBIDDEN.search(text):
         return PermanentReadError(
             f"asset {href} is not accessible (HTTP 401/403): {exc}; check credentials or URL signing", href
@@ -137,12 +143,12 @@ def classify_error(exc: BaseException, href: str) -> ReadError:
     if _TRANSIENT.search(text):
         return TransientReadError(f"transient error reading {href}: {exc}", href)
     if _CORRUPT.search(text):
-        return CorruptAssetError(f"asset {href} is corrupt or not a readable GeoTIFF/COG: {exc}", href)
+        return CorruptAssetError(f"asset {href} is corrupt or not a readable GeoTIFF/COG: {text}", href)
     return PermanentReadError(f"reading asset {href} failed: {text}", href)
 
 
 def with_retries(
-    fn: Callable[[], T],
+    fn: Callable[[int], T],
     href: str,
     attempts: int = 5,
     backoff_s: float = 1.0,
@@ -151,7 +157,7 @@ def with_retries(
     """Call ``fn``; retry transient errors with exponential backoff and jitter (1, 2, 4, 8 s by default).
 
     Args:
-        fn: The read to run.
+        fn: The read to run; it receives the attempt number (0 first).
         href: The asset, for messages.
         attempts: Total tries (>= 1).
         backoff_s: First delay; delay k is ``backoff_s * 2**k`` times a jitter factor in [0.5, 1.0].
@@ -167,7 +173,7 @@ def with_retries(
     last: ReadError | None = None
     for attempt in range(attempts):
         try:
-            return fn()
+            return fn(attempt)
         except (RasterioError, OSError, RuntimeError, ValueError) as exc:
             err = classify_error(exc, href)
             if isinstance(err, PermanentReadError):
@@ -198,8 +204,8 @@ def _overview_level(
     if not factors:
         return None
     h, w = dst_shape
-    x0, y0 = dst_transform * (0, 0)
-    x1, y1 = dst_transform * (w, h)
+    x0, y0 = dst_transform @ (0, 0)
+    x1, y1 = dst_transform @ (w, h)
     try:
         sx0, sy0, sx1, sy1 = transform_bounds(
             dst_crs, src.crs, min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1)
@@ -245,6 +251,7 @@ def _warp_bands(
     dst_crs: Any,
     dst_transform: Affine,
     dst_shape: tuple[int, int],
+    uncached: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Warp bands of one file onto the destination window; returns (values (n, H, W), valid (H, W)).
 
@@ -254,6 +261,10 @@ def _warp_bands(
     so pixels outside the footprint (or masked by the source's mask band) stay recognisable.
     """
     path = _open_href(href)
+    if uncached and path.startswith("/vsicurl/"):
+        # A retry must not see GDAL's cached failure of the previous attempt.
+        with rasterio.Env(CPL_VSIL_CURL_NON_CACHED=path):
+            return _warp_bands(href, indexes, nodata, dst_crs, dst_transform, dst_shape)
     with rasterio.open(path) as probe:
         level = _overview_level(probe, dst_crs, dst_transform, dst_shape)
         coincide = _grids_coincide(probe, dst_crs, dst_transform) and level is None
@@ -329,8 +340,10 @@ def read_window(
         indexes = [b.band_index for _, b in bands]
         nodata = bands[0][1].nodata
 
-        def job(href: str = href, indexes: list[int] = indexes, nodata: float | None = nodata) -> Any:
-            return _warp_bands(href, indexes, nodata, crs, transform, shape)
+        def job(
+            attempt: int, href: str = href, indexes: list[int] = indexes, nodata: float | None = nodata
+        ) -> Any:
+            return _warp_bands(href, indexes, nodata, crs, transform, shape, uncached=attempt > 0)
 
         values, ok = with_retries(job, href, attempts=attempts, backoff_s=backoff_s, sleep=sleep)
         if raw is None:
