@@ -184,9 +184,15 @@ def write_part(gdf: gpd.GeoDataFrame, uri: str) -> None:
     storage.write_bytes(uri, buf.getvalue())
 
 
-def read_part(uri: str) -> gpd.GeoDataFrame:
-    """Read a part written by :func:`write_part`."""
-    return gpd.read_parquet(io.BytesIO(storage.read_bytes(uri)))
+def read_part(uri: str) -> pd.DataFrame:
+    """Read a part written by :func:`write_part` as a DataFrame whose ``geometry`` holds shapely objects.
+
+    The CRS is the grid's (known to the caller); not parsing each part's PROJJSON saves ~40 ms per part.
+    """
+    table = pq.read_table(io.BytesIO(storage.read_bytes(uri)))
+    frame = table.drop(["geometry"]).to_pandas()
+    frame["geometry"] = shapely.from_wkb(table.column("geometry").to_numpy(zero_copy_only=False))
+    return frame
 
 
 class _UnionFind:
@@ -217,7 +223,7 @@ def geodesic_area_m2(geoms: Sequence[shapely.Geometry], crs_wkt: str) -> np.ndar
     return out
 
 
-def _seam_pairs(parts: gpd.GeoDataFrame) -> list[tuple[int, int]]:
+def _seam_pairs(parts: pd.DataFrame) -> list[tuple[int, int]]:
     """Pairs of rows (same query, neighbouring chunks) sharing a seam edge of positive length."""
     pairs: list[tuple[int, int]] = []
     border = parts.index[
@@ -225,7 +231,7 @@ def _seam_pairs(parts: gpd.GeoDataFrame) -> list[tuple[int, int]]:
     ].to_numpy()
     if len(border) == 0:
         return pairs
-    geoms = parts.geometry.to_numpy()
+    geoms = parts["geometry"].to_numpy()
     tree = shapely.STRtree(geoms[border])
     left, right = tree.query(geoms[border], predicate="intersects")
     qid = parts["query_id"].to_numpy()
@@ -307,7 +313,7 @@ def merge_parts(
     for root in sorted(set(roots.tolist())):
         members = np.flatnonzero(roots == root)
         sub = parts.iloc[members]
-        geom = sub.geometry.iloc[0] if len(sub) == 1 else shapely.union_all(sub.geometry.to_numpy())
+        geom = sub["geometry"].iloc[0] if len(sub) == 1 else shapely.union_all(sub["geometry"].to_numpy())
         count = int(sub["score_count"].sum())
         per_chunk = sub.groupby("chunk_id", sort=True)["score_count"].sum()
         best_chunk = str(per_chunk.idxmax())
