@@ -15,7 +15,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 
 # Fixture modules shared across test packages (servers, COG writers, Ray runtime, ...).
-pytest_plugins: list[str] = ["tests.fixtures.servers", "tests.fixtures.cogs", "tests.fixtures.s3", "tests.fixtures.ray_cluster", "tests.fixtures.crobim_data"]
+pytest_plugins: list[str] = ["tests.fixtures.servers", "tests.fixtures.cogs", "tests.fixtures.s3", "tests.fixtures.ray_cluster", "tests.fixtures.ray_runtime", "tests.fixtures.crobim_data", "tests.fixtures.crobim_models"]
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

@@ -87,7 +87,7 @@ class CAPM(nn.Module):
             positions.append(pos + self.scale_embed[i])  # (g*g, Dt)
         context = torch.cat(contexts, dim=1)  # -> (B, 4*g*g, Dt)
         context_pos = torch.cat(positions, dim=0).unsqueeze(0).expand_as(context)
-        prompts = self.prompts.unsqueeze(0).expand(context.shape[0], -1, -1)  # (Np, Dt) -> (B, Np, Dt)
+        prompts = self.prompts.unsqueeze(0).repeat(context.shape[0], 1, 1)  # (Np, Dt) -> (B, Np, Dt)
         for layer in self.layers:
             prompts = layer(prompts, context, context_pos)
         return self.norm_out(prompts)
