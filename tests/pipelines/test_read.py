@@ -23,6 +23,10 @@ from pipelines.radiometry import select_rgb_source
 from pipelines.read import GDAL_SETTINGS, classify_error, read_chunk, with_retries
 from tests.fixtures.cogs import make_item, write_painted_cog
 
+CRS_32724 = rasterio.crs.CRS.from_epsg(32724)
+CRS_26919 = rasterio.crs.CRS.from_epsg(26919)
+CRS_32618 = rasterio.crs.CRS.from_epsg(32618)
+
 
 def _no_sleep(_: float) -> None:
     return None
@@ -260,3 +264,69 @@ def test_real_landsat_scene_windowed_read(shared_data, cog_server):
     assert not cimg.valid[:32].any()  # halo above the scene
     assert cimg.valid.mean() < 0.9  # the rotated footprint's nodata corner stays invalid
     assert from_bounds(*grid.bounds, transform=grid.affine).width == pytest.approx(grid.width)
+
+
+def test_real_sentinel2_items_two_tiles(s2_items_served, cog_server):
+    """Real items (hrefs rewritten): a chunk across the overlap of T24MWV and T24MVV, visual asset, native CRS."""
+    items = [pystac.Item.from_dict(f, migrate=False) for f in s2_items_served]
+    by_id = {it.id: it for it in items}
+    mwv, mvv = by_id["S2B_T24MWV_20250731T130245_L2A"], by_id["S2B_T24MVV_20250731T130245_L2A"]
+    bbox = (-39.1, -4.9, -38.8, -4.6)
+    grid = choose_grid(bbox, [mwv, mvv])  # least cloudy first
+    assert grid.crs == CRS_32724 and grid.resolution == (600.0, 600.0)  # native CRS, rewritten 600 m pixels
+    chunk = plan_chunks(grid, [mwv, mvv], chunk_size_px=1024, halo_px=0)[0]
+    assert chunk.item_ids == (mwv.id, mvv.id)
+    img = read_chunk(chunk, grid, [mwv, mvv])
+    assert img.valid.all() and img.item_ids == [mwv.id, mvv.id]
+    # MWV (rank 1) covers x >= 499980 in the tiles' UTM 24S; MVV fills only the pixels west of it.
+    centres_x = grid.transform[2] + 600.0 * (np.arange(grid.width) + 0.5)
+    assert np.all(img.source_rank[:, centres_x > 499980 + 600] == 1)
+    assert np.all(img.source_rank[:, centres_x < 499980 - 600] == 2)
+
+    # Pixel-exact on a grid snapped to MWV's pixel phase (nearest, no resampling).
+    own = choose_grid(bbox, [mwv])
+    assert (own.transform[2] - 499980.0) % 600 == 0
+    one = read_chunk(plan_chunks(own, [mwv], 1024, 0)[0], own, [mwv])
+    with rasterio.open(cog_server.root / f"{mwv.id}_visual.tif") as ds:
+        data = ds.read()
+        r0 = round((ds.transform.f - own.transform[5]) / -600.0)
+        c0 = round((ds.transform.c - own.transform[2]) / 600.0)
+    rows, cols = np.nonzero(one.valid)
+    assert len(rows) > 0.5 * one.valid.size  # the bbox reaches west of the tile
+    np.testing.assert_array_equal(one.rgb[rows, cols].T, data[:, rows - r0, cols - c0])
+
+
+def test_real_naip_four_band_image(naip_items_served, cog_server):
+    """NAIP's 4-band `image` (R, G, B, NIR): bands 1-3 are read pixel-exactly, NIR ignored."""
+    item = pystac.Item.from_dict(naip_items_served[0], migrate=False)
+    grid = choose_grid(tuple(item.bbox), [item])
+    assert grid.crs == CRS_26919 and grid.resolution == (24.0, 24.0)
+    chunk = plan_chunks(grid, [item], 2048, 0)[0]
+    img = read_chunk(chunk, grid, [item])
+    assert img.valid.mean() > 0.8
+    with rasterio.open(cog_server.root / item.assets["image"].href.rsplit("/", 1)[1]) as ds:
+        assert ds.count == 4
+        data = ds.read(indexes=[1, 2, 3])
+        # Same CRS and pixel phase: file pixel (r, c) is grid pixel (r + r0, c + c0).
+        r0 = round((ds.transform.f - grid.transform[5]) / -24.0)
+        c0 = round((ds.transform.c - grid.transform[2]) / 24.0)
+    rows, cols = np.nonzero(img.valid)
+    np.testing.assert_array_equal(img.rgb[rows, cols].T, data[:, rows - r0, cols - c0])
+
+
+def test_coarser_output_reads_an_overview(cog_server):
+    """An output 4x coarser than native opens the 4x overview: far fewer bytes than the full-resolution tiles."""
+    rng = np.random.default_rng(1)
+    tr = Affine(10, 0, 300000, 0, -10, 5000000)
+    data = rng.integers(1, 256, size=(3, 1024, 1024), dtype=np.uint8)
+    path = write_cog(cog_server.root / "ov.tif", data, "EPSG:32618", tr, nodata=0, blocksize=256)
+    with rasterio.open(path) as ds:
+        assert ds.overviews(1) == [2, 4]
+    item = make_item("ov", cog_server.href("ov.tif"), "EPSG:32618", tr, (1024, 1024))
+    coarse = OutputGrid(CRS_32618.to_wkt(), (40.0, 0.0, 300000.0, 0.0, -40.0, 5000000.0), 256, 256)
+    cog_server.reset()
+    img = read_chunk(_whole_chunk(coarse, ("ov",)), coarse, [item])
+    assert img.valid.all()
+    assert cog_server.bytes_sent("ov.tif") < 0.2 * path.stat().st_size
+    # Averaged overview pixels of uniform noise sit near the mean, unlike full-resolution samples.
+    assert abs(float(img.rgb.mean()) - 128) < 10 and img.rgb.std() < 0.5 * data.std()
