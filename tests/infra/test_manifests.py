@@ -444,9 +444,19 @@ def test_train_entrypoint_is_a_valid_training_job() -> None:
     assert cfg.run.storage_path.startswith("s3://") and cfg.run.use_gpu
     gpu = _gpu_group(_cluster_specs()["rayjob-train.yaml"])
     assert cfg.run.num_workers <= gpu["maxReplicas"] * _gpus(gpu)
-    # The dataset root is on the shared read-only volume every worker mounts.
+    pod_cpus = float(gpu["template"]["spec"]["containers"][0]["resources"]["limits"]["cpu"])
+    assert cfg.run.cpus_per_worker <= pod_cpus
+    # The dataset root and the initial weights (paper recipe) are on the shared read-only volume every worker
+    # mounts: no node downloads anything.
     mounts = [m["mountPath"] for m in gpu["template"]["spec"]["containers"][0]["volumeMounts"]]
-    assert any(args.data_root.startswith(m + "/") for m in mounts), args.data_root
+    local_paths = [
+        args.data_root,
+        *(str(v) for k, v in overrides if str(k).startswith("model_overrides.weights")),
+    ]
+    local_paths += [str(v) for k, v in overrides if k == "model_overrides.text.name_or_path"]
+    assert len(local_paths) == 3
+    for path in local_paths:
+        assert any(path.startswith(m + "/") for m in mounts), path
 
 
 @pytest.mark.parametrize("manifest", ["rayjob-infer.yaml", "rayjob-train.yaml"])
