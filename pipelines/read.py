@@ -128,7 +128,9 @@ def classify_error(exc: BaseException, href: str) -> ReadError:
     if isinstance(exc, ReadError):
         return exc
     # GDAL's detail often sits in the chained exception ("Read failed. See previous exception").
-    parts, seen, cur = [], set(), exc
+    parts: list[str] = []
+    seen: set[int] = set()
+    cur: BaseException | None = exc
     while cur is not None and id(cur) not in seen:
         seen.add(id(cur))
         parts.append(f"{type(cur).__name__}: {cur}")

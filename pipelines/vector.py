@@ -141,7 +141,10 @@ def vectorize_chunk(
             table = np.bincount(pair, minlength=(n + 1) * (n_items + 1)).reshape(n + 1, n_items + 1)
             for lab in np.unique(flat[flat > 0]):
                 ranks = np.flatnonzero(table[lab, 1:])
-                per_item[int(lab)] = ([item_ids[r] for r in ranks], [int(table[lab, r + 1]) for r in ranks])
+                per_item[int(lab)] = (
+                    [item_ids[int(r)] for r in ranks],
+                    [int(table[lab, r + 1]) for r in ranks],
+                )
         for geom, value in rasterio.features.shapes(
             labels.astype(np.int32), mask=labels > 0, connectivity=4, transform=transform
         ):

@@ -122,7 +122,8 @@ def create_zarr_template(
         if existing == signature:
             logger.info("Zarr template %s exists with the same settings; keeping it", uri)
             return
-        diff = [k for k in _TEMPLATE_KEYS if (existing or {}).get(k) != signature[k]]
+        old = existing if isinstance(existing, dict) else {}
+        diff = [k for k in _TEMPLATE_KEYS if old.get(k) != signature[k]]
         raise FileExistsError(
             f"{uri} already holds a Zarr store with different settings ({', '.join(diff) or 'unknown'}); "
             "use another --out or pass --overwrite"

@@ -137,7 +137,7 @@ def test_chunk_read_fetches_at_most_1_5x_needed_blocks(cog_server):
     """Must-show 3: count bytes at the server against the COG tiles the chunk window needs."""
     rng = np.random.default_rng(7)
     tr = Affine(10, 0, 300000, 0, -10, 5000000)
-    shape = (2048, 2048)
+    shape = (1536, 1536)
     data = rng.integers(1, 256, size=(3, *shape), dtype=np.uint8)  # incompressible: tiles ~ 3 * 256^2 bytes
     path = write_cog(cog_server.root / "big.tif", data, "EPSG:32618", tr, nodata=0, blocksize=256)
     item = make_item("big", cog_server.href("big.tif"), "EPSG:32618", tr, shape)
