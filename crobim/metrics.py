@@ -168,7 +168,9 @@ class ReferringMetrics:
             flags = [None if no_target is None else bool(no_target)] * b
         else:
             flags = [bool(x) for x in no_target]
-        cats = list(category) if isinstance(category, list | tuple | np.ndarray) else [category] * b
+        cats: list[Hashable] = (
+            list(category) if isinstance(category, list | tuple | np.ndarray) else [category] * b
+        )
         if len(flags) != b or len(cats) != b:
             raise ValueError(f"batch of {b} masks needs {b} no_target flags and categories")
         return [self._update_one(pred[i], gt[i], flags[i], cats[i]) for i in range(b)]
@@ -194,7 +196,7 @@ class ReferringMetrics:
             no-target / target samples), ``giou_gres``, ``count``, ``n_target``, ``n_no_target``, the int64 sums,
             and ``per_category`` (same keys per category) when categories were given.
         """
-        out = self._total.compute()
+        out: dict[str, Any] = dict(self._total.compute())
         if self._per_category:
             out["per_category"] = {
                 str(k): s.compute() for k, s in sorted(self._per_category.items(), key=lambda kv: str(kv[0]))

@@ -152,6 +152,16 @@ class _Layout:
         self.occupied = np.zeros(size, dtype=bool)  # everything except fields (trees may cover fields)
         self.fields = np.zeros(size, dtype=bool)
         self.shapes: list[_Shape] = []
+        self.road_points: list[tuple[float, float, float]] = []  # (y, x, half width) along road centre lines
+
+    def near_road_point(self, clearance: float) -> tuple[float, float] | None:
+        """A point beside a random road, ``clearance`` plus a small random gap from its centre line."""
+        if not self.road_points:
+            return None
+        y, x, hw = self.road_points[int(self.rng.integers(0, len(self.road_points)))]
+        ang = float(self.rng.uniform(0, 2 * math.pi))
+        d = hw + clearance + float(self.rng.uniform(1.0, 0.04 * self.unit))
+        return y + d * math.sin(ang), x + d * math.cos(ang)
 
     def _free(self, y0: int, x0: int, m: np.ndarray, also_fields: bool = True) -> bool:
         h, w = m.shape
@@ -181,11 +191,17 @@ class _Layout:
         y0, x0, m, dist = res
         shape = _Shape(cls, y0, x0, m, colour, edge=dist, half_width=half_width)
         self._commit(shape)
+        if cls == "road":
+            step = max(1, len(points) // 40)
+            self.road_points += [(float(p[0]), float(p[1]), half_width) for p in points[::step]]
 
     def add_rect(self, cls: str, hh: float, hw: float, colour: tuple[float, float, float], *, gap: float,
-                 colour_name: str | None = None, tries: int = 12, angle_sd: float = math.pi) -> bool:  # fmt: skip
+                 colour_name: str | None = None, tries: int = 12, angle_sd: float = math.pi,
+                 p_near_road: float = 0.0) -> bool:  # fmt: skip
+        beside = self.rng.random() < p_near_road
         for _ in range(tries):
-            cy, cx = self.random_point()
+            pt = self.near_road_point(max(hh, hw) + gap) if beside else None
+            cy, cx = pt if pt is not None else self.random_point()
             angle = float(self.rng.uniform(-angle_sd, angle_sd))
             probe = _rect(cy, cx, hh, hw, angle, self.size, grow=gap)
             if probe is None or not self._free(probe[0], probe[1], probe[2]):
@@ -199,9 +215,14 @@ class _Layout:
         return False
 
     def add_ellipse(self, cls: str, ry: float, rx: float, colour: tuple[float, float, float], *, gap: float,
-                    center: tuple[float, float] | None = None, tries: int = 12, avoid_fields: bool = True) -> bool:  # fmt: skip
+                    center: tuple[float, float] | None = None, tries: int = 12, avoid_fields: bool = True,
+                    p_near_road: float = 0.0) -> bool:  # fmt: skip
+        beside = center is None and self.rng.random() < p_near_road
         for attempt in range(tries):
-            if center is not None and attempt == 0:
+            pt = self.near_road_point(max(ry, rx) + gap) if beside else None
+            if pt is not None:
+                cy, cx = pt
+            elif center is not None and attempt == 0:
                 cy, cx = center
             elif center is not None:
                 cy = center[0] + float(self.rng.normal(0, 2 * max(ry, rx)))
@@ -290,12 +311,13 @@ def _layout(rng: np.random.Generator, size: tuple[int, int], unit: float, style:
                      _jitter(rng, style["parking lot"], 6), gap=gap, angle_sd=0.4)  # fmt: skip
     for _ in range(_count(rng, 0, 4, area_units)):
         r = float(rng.uniform(0.03, 0.08)) * unit
-        lay.add_ellipse("pond", r * float(rng.uniform(0.6, 1.0)), r, _jitter(rng, style["pond"], 8), gap=gap)
+        lay.add_ellipse("pond", r * float(rng.uniform(0.6, 1.0)), r, _jitter(rng, style["pond"], 8), gap=gap,
+                        p_near_road=0.3)  # fmt: skip
     for _ in range(_count(rng, 0, 12, area_units)):
         name = str(rng.choice(list(_ROOF_COLOURS)))
         side = max(2.0, float(rng.uniform(0.013, 0.035)) * unit)
         lay.add_rect("building", side * float(rng.uniform(0.55, 1.0)), side, _jitter(rng, style["roof"][name], 8),
-                     gap=gap, colour_name=name)  # fmt: skip
+                     gap=gap, colour_name=name, p_near_road=0.4)  # fmt: skip
     n_trees = _count(rng, 0, 30, area_units)
     n_clusters = max(1, int(rng.integers(1, 4)) * max(1, round(area_units)))
     centres = [lay.random_point() for _ in range(n_clusters)]
