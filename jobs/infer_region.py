@@ -16,6 +16,10 @@ import argparse
 import json
 import logging
 import sys
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pipelines.region import RegionJobConfig, RegionResult
 
 __all__ = ["build_parser", "config_from_args", "main"]
 
@@ -80,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def config_from_args(args: argparse.Namespace) -> object:
+def config_from_args(args: argparse.Namespace) -> RegionJobConfig:
     """The ``RegionJobConfig`` the parsed arguments describe.
 
     Raises:
@@ -136,12 +140,11 @@ def config_from_args(args: argparse.Namespace) -> object:
     )
 
 
-def _print_summary(result: object) -> None:
-    r = result  # RegionResult
-    c = r.counts  # type: ignore[attr-defined]
-    t = r.timings_s  # type: ignore[attr-defined]
+def _print_summary(r: RegionResult) -> None:
+    c = r.counts
+    t = r.timings_s
     ch = c["chunks"]
-    print(f"\nRegion job {r.status}: {r.out}")  # type: ignore[attr-defined]
+    print(f"\nRegion job {r.status}: {r.out}")
     print(
         f"  chunks: {ch['total']} total, {ch['done']} done ({ch['done_this_run']} this run, "
         f"{ch['skipped_done_before']} resumed), {ch['empty']} without imagery, {ch['failed']} failed"
@@ -149,16 +152,16 @@ def _print_summary(result: object) -> None:
     print(
         f"  tiles: {c['tiles']} ({c['tile_query_decodes']} tile-query decodes), imagery: {c['valid_km2']:.3f} km^2"
     )
-    for query, n in r.polygons_per_query.items():  # type: ignore[attr-defined]
+    for query, n in r.polygons_per_query.items():
         print(f"  polygons for {query!r}: {n}")
     print(
         f"  throughput: {t['tiles_per_s']:.2f} tiles/s, {t['km2_per_h']:.1f} km^2/h "
         f"(GSD {t['gsd_m']:.2f} m, Q = {t['queries']}, rho = {t['rho']:.2f}); "
         f"time: {t['total_s']:.1f} s (pipeline {t['pipeline_s']:.1f} s)"
     )
-    for f in r.failures:  # type: ignore[attr-defined]
+    for f in r.failures:
         print(f"  FAILED chunk {f['chunk_id']} ({f['stage']}): {f['reason']}", file=sys.stderr)
-    if r.failures:  # type: ignore[attr-defined]
+    if r.failures:
         print("  rerun the same command to retry the failed chunks", file=sys.stderr)
 
 
@@ -174,11 +177,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.dry_run:
             from pipelines.region import plan_region
 
-            print(json.dumps(plan_region(config).to_json(), indent=2))  # type: ignore[arg-type]
+            print(json.dumps(plan_region(config).to_json(), indent=2))
             return 0
         from pipelines.region import run_region
 
-        result = run_region(config, address=args.address)  # type: ignore[arg-type]
+        result = run_region(config, address=args.address)
     except (ValueError, TypeError, FileNotFoundError, FileExistsError, KeyError, PipelineError) as exc:
         kind = "settings differ" if isinstance(exc, FingerprintMismatchError) else type(exc).__name__
         print(f"error ({kind}): {exc}", file=sys.stderr)

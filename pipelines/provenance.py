@@ -76,13 +76,17 @@ def fingerprint(settings: dict[str, Any]) -> str:
     return hashlib.sha256(canonical_json(settings)).hexdigest()
 
 
+def _stream_sha256(fh: Any) -> str:
+    digest = hashlib.sha256()
+    while block := fh.read(1 << 20):
+        digest.update(block)
+    return digest.hexdigest()
+
+
 def file_sha256(uri: str) -> str:
     """SHA-256 (hex) of one file, local or on object storage, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
     with storage.open_file(uri, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        return _stream_sha256(fh)
 
 
 def folder_sha256(uri: str) -> str:
@@ -102,10 +106,7 @@ def folder_sha256(uri: str) -> str:
     for path in files:
         rel = path[len(base) :].lstrip("/")
         with fs.open(path, "rb") as fh:
-            digest = hashlib.sha256()
-            for block in iter(lambda fh=fh: fh.read(1 << 20), b""):
-                digest.update(block)
-        lines.append(f"{rel} {digest.hexdigest()}")
+            lines.append(f"{rel} {_stream_sha256(fh)}")
     return hashlib.sha256("\n".join(lines).encode()).hexdigest()
 
 

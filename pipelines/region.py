@@ -13,6 +13,7 @@ import json
 import logging
 import math
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -392,7 +393,7 @@ def _execute(plan: RegionPlan, todo: list[Any], thumb_step: int) -> float:
     rows = [{"chunk": json.dumps(ch.to_dict(), sort_keys=True)} for ch in todo]
     start = time.perf_counter()
     try:
-        ds = ray.data.from_items(rows, override_num_blocks=len(rows))  # one chunk per block
+        ds: Any = ray.data.from_items(rows, override_num_blocks=len(rows))  # one chunk per block
         ds = ds.map_batches(
             read_stage,
             batch_size=1,
@@ -406,31 +407,34 @@ def _execute(plan: RegionPlan, todo: list[Any], thumb_step: int) -> float:
                 "backoff_s": c.read_backoff_s,
             },
         )
-        ds = ds.map_batches(
-            PredictorActor,
-            batch_size=1,
-            batch_format="numpy",
-            zero_copy_batch=True,
-            compute=ActorPoolStrategy(min_size=1, max_size=c.actors, max_tasks_in_flight_per_actor=2),
-            fn_constructor_kwargs={
-                "model": c.model,
-                "model_sha256": plan.model.get("sha256"),
-                "queries": list(c.queries),
-                "lattice": asdict(plan.lattice),
-                "blend": c.blend,
-                "batch_size": c.batch_size,
-                "thumb_step": thumb_step,
-                "threshold": c.threshold,
-                "torch_threads": threads,
-                "device": "cuda" if c.gpus_per_actor > 0 else "cpu",
-            },
-            num_cpus=c.cpus_per_actor,
-            num_gpus=c.gpus_per_actor
-            or None,  # num_gpus=0 would still be a GPU request (ray-project/ray#45201)
-            resources={c.inference_resource: 1} if c.inference_resource else None,
-            max_restarts=c.max_restarts,
-            max_task_retries=c.max_restarts,
-        )
+        with warnings.catch_warnings():
+            # max_restarts/max_task_retries travel as ray_remote_args, deprecated from Ray 2.61 (pinned < 2.61).
+            warnings.filterwarnings("ignore", message=".*ray_remote_args.*is deprecated")
+            ds = ds.map_batches(
+                PredictorActor,
+                batch_size=1,
+                batch_format="numpy",
+                zero_copy_batch=True,
+                compute=ActorPoolStrategy(min_size=1, max_size=c.actors, max_tasks_in_flight_per_actor=2),
+                fn_constructor_kwargs={
+                    "model": c.model,
+                    "model_sha256": plan.model.get("sha256"),
+                    "queries": list(c.queries),
+                    "lattice": asdict(plan.lattice),
+                    "blend": c.blend,
+                    "batch_size": c.batch_size,
+                    "thumb_step": thumb_step,
+                    "threshold": c.threshold,
+                    "torch_threads": threads,
+                    "device": "cuda" if c.gpus_per_actor > 0 else "cpu",
+                },
+                num_cpus=c.cpus_per_actor,
+                # num_gpus=0 would still be a GPU request (ray-project/ray#45201): CPU runs pass None.
+                num_gpus=c.gpus_per_actor or None,
+                resources={c.inference_resource: 1} if c.inference_resource else None,
+                max_restarts=c.max_restarts,
+                max_task_retries=c.max_restarts,
+            )
         sink = RegionDatasink(c.out, plan.grid.to_dict(), list(c.queries), c.threshold, min_area_px)
         ds.write_datasink(sink, ray_remote_args={"num_cpus": c.write_cpus})
     finally:

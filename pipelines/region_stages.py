@@ -261,10 +261,11 @@ class PredictorActor:
 def _batch_rows(block: Any) -> list[dict[str, Any]]:
     """The rows of a block as dicts of numpy values (tensor columns may differ in shape between rows)."""
     acc = BlockAccessor.for_block(block)
-    return [dict(r) for r in acc.iter_rows(public_row_format=True)]
+    rows: list[dict[str, Any]] = [dict(row) for row in acc.iter_rows(public_row_format=True)]  # type: ignore[var-annotated]
+    return rows
 
 
-class RegionDatasink(Datasink):
+class RegionDatasink(Datasink[list[dict[str, Any]]]):
     """``Datasink`` for ``write_datasink``: per chunk, Zarr region -> polygon part -> thumbnail -> done marker.
 
     Constructed on the driver, pickled to the write tasks. ``write`` returns one summary per chunk;
