@@ -41,6 +41,8 @@ BBox = tuple[float, float, float, float]
 
 #: Safety cap on items fetched from an API before client-side filtering.
 MAX_FETCH = 10_000
+#: Seconds to wait for a STAC API response.
+API_TIMEOUT_S = 30.0
 #: Default cap on the search area (km^2); ``--max-area-km2`` overrides it.
 DEFAULT_MAX_AREA_KM2 = 250_000.0
 
@@ -395,13 +397,16 @@ def _search_api(
     datetime: DatetimeRange | None,
     collections: Sequence[str] | None,
     max_cloud: float | None,
+    modifier: Callable[..., Any] | None,
     request_modifier: Callable[..., Any] | None,
 ) -> list[pystac.Item]:
     import pystac_client
     from pystac_client.exceptions import APIError
 
     try:
-        client = pystac_client.Client.open(url, modifier=request_modifier)
+        client = pystac_client.Client.open(
+            url, modifier=modifier, request_modifier=request_modifier, timeout=API_TIMEOUT_S
+        )
     except (APIError, OSError, ValueError) as exc:
         raise CatalogError(
             f"STAC API at {url} is unreachable or not a STAC API ({type(exc).__name__}: {exc}); "
@@ -456,6 +461,7 @@ def search_items(
     prefer: Literal["cloud", "recent"] = "cloud",
     max_area_km2: float | None = DEFAULT_MAX_AREA_KM2,
     required_assets: Callable[[pystac.Item], bool] | None = None,
+    modifier: Callable[..., Any] | None = None,
     request_modifier: Callable[..., Any] | None = None,
 ) -> list[pystac.Item]:
     """Search a STAC API or a catalog file; filter, de-duplicate and order the result.
@@ -475,7 +481,9 @@ def search_items(
         prefer: ``"cloud"`` (least cloudy first) or ``"recent"`` (most recent first).
         max_area_km2: Refuse larger bboxes (``None``: no limit).
         required_assets: Predicate every kept item must pass.
-        request_modifier: pystac-client request modifier (e.g. URL signing).
+        modifier: pystac-client result modifier, called on every item (e.g.
+            ``planetary_computer.sign_inplace`` for signed asset URLs).
+        request_modifier: pystac-client request modifier (e.g. headers or request signing).
 
     Returns:
         The selected items, ordered.
@@ -492,7 +500,7 @@ def search_items(
     if limit is not None and limit < 1:
         raise ValueError(f"limit {limit} must be a positive integer")
     if stac_url is not None:
-        candidates = _search_api(stac_url, box, rng, collections, max_cloud, request_modifier)
+        candidates = _search_api(stac_url, box, rng, collections, max_cloud, modifier, request_modifier)
         source = stac_url
     else:
         assert catalog is not None

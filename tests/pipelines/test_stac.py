@@ -216,3 +216,18 @@ def test_no_items_names_the_filters(shared_data):
         search_items(BRAZIL_BBOX, catalog=str(shared_data / "stac" / S2_FILE), max_cloud=1)
     items = _features(shared_data)
     assert copy.deepcopy(items) == items  # the published file is untouched
+
+
+def test_result_modifier_signs_asset_urls(s2_items_served, stac_api):
+    url = stac_api(s2_items_served)
+    seen = []
+
+    def sign(page):
+        """In place, as planetary_computer.sign_inplace does; pystac-client passes each result page as a dict."""
+        for feature in page.get("features", []):
+            seen.append(feature["id"])
+            for asset in feature.get("assets", {}).values():
+                asset["href"] += "?sig=test"
+
+    items = search_items(BRAZIL_BBOX, stac_url=url, max_cloud=40, modifier=sign)
+    assert seen and all(a.href.endswith("?sig=test") for it in items for a in it.assets.values())
