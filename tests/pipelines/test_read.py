@@ -330,3 +330,37 @@ def test_coarser_output_reads_an_overview(cog_server):
     assert cog_server.bytes_sent("ov.tif") < 0.2 * path.stat().st_size
     # Averaged overview pixels of uniform noise sit near the mean, unlike full-resolution samples.
     assert abs(float(img.rgb.mean()) - 128) < 10 and img.rgb.std() < 0.5 * data.std()
+
+
+def test_cog_server_ranges_head_and_416(cog_server):
+    """The fixture behind the byte budget: HEAD, single and multi ranges, 416, and exact byte counts."""
+    import urllib.error
+    import urllib.request
+
+    payload = bytes(range(256)) * 40
+    (cog_server.root / "f.bin").write_bytes(payload)
+
+    def get(headers, method="GET"):
+        req = urllib.request.Request(cog_server.href("f.bin"), headers=headers, method=method)
+        with urllib.request.urlopen(req) as resp:
+            return resp.status, dict(resp.headers), resp.read()
+
+    status, headers, body = get({}, "HEAD")
+    assert status == 200 and headers["Content-Length"] == str(len(payload)) and body == b""
+    status, headers, body = get({"Range": "bytes=10-19"})
+    assert (
+        status == 206 and body == payload[10:20] and headers["Content-Range"] == f"bytes 10-19/{len(payload)}"
+    )
+    status, headers, body = get({"Range": "bytes=0-3,100-103"})
+    assert status == 206 and headers["Content-Type"].startswith("multipart/byteranges")
+    assert payload[0:4] in body and payload[100:104] in body
+    status, _, body = get({"Range": "bytes=-5"})
+    assert body == payload[-5:]
+    with pytest.raises(urllib.error.HTTPError) as info:
+        get({"Range": f"bytes={len(payload) + 10}-"})
+    assert info.value.code == 416
+    assert cog_server.bytes_sent("f.bin") == 10 + 8 + 5
+    assert [r.status for r in cog_server.records("f.bin")] == [200, 206, 206, 206, 416]
+    with pytest.raises(urllib.error.HTTPError) as missing:
+        urllib.request.urlopen(cog_server.href("nope.bin"))
+    assert missing.value.code == 404
