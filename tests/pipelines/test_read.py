@@ -364,3 +364,32 @@ def test_cog_server_ranges_head_and_416(cog_server):
     with pytest.raises(urllib.error.HTTPError) as missing:
         urllib.request.urlopen(cog_server.href("nope.bin"))
     assert missing.value.code == 404
+
+
+def test_alpha_band_and_nodata_override(tmp_path):
+    """An RGBA file's alpha masks pixels; a user nodata overrides missing metadata (local paths work too)."""
+    from pipelines.radiometry import RadiometryConfig
+
+    tr = Affine(10, 0, 500000, 0, -10, 4000000)
+    arr = np.full((4, 128, 128), 80, np.uint8)
+    arr[3] = 255
+    arr[3, :, :40] = 0  # transparent west strip
+    profile = dict(
+        driver="GTiff", width=128, height=128, count=4, dtype="uint8", crs="EPSG:32631", transform=tr
+    )
+    with rasterio.open(
+        tmp_path / "rgba.tif", "w", **profile, tiled=True, photometric="RGB", alpha="YES"
+    ) as dst:
+        dst.write(arr)
+    grid = OutputGrid(rasterio.crs.CRS.from_epsg(32631).to_wkt(), tuple(tr)[:6], 128, 128)
+    rgba = make_item("rgba", str(tmp_path / "rgba.tif"), "EPSG:32631", tr, (128, 128), nodata=None)
+    img = read_chunk(_whole_chunk(grid, ("rgba",)), grid, [rgba])
+    assert not img.valid[:, :40].any() and img.valid[:, 40:].all()
+    # No nodata in file or metadata: a zero border counts as imagery unless the user says otherwise.
+    data = np.full((3, 128, 128), 70, np.uint8)
+    data[:, :16] = 0
+    write_cog(tmp_path / "nonodata.tif", data, "EPSG:32631", tr, nodata=None, blocksize=64)
+    plain = make_item("plain", str(tmp_path / "nonodata.tif"), "EPSG:32631", tr, (128, 128), nodata=None)
+    assert read_chunk(_whole_chunk(grid, ("plain",)), grid, [plain]).valid.all()
+    fixed = read_chunk(_whole_chunk(grid, ("plain",)), grid, [plain], radiometry=RadiometryConfig(nodata=0))
+    assert not fixed.valid[:16].any() and fixed.valid[16:].all()
