@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -198,23 +199,6 @@ def read_part(uri: str) -> pd.DataFrame:
     return frame
 
 
-class _UnionFind:
-    def __init__(self, n: int) -> None:
-        self.parent = list(range(n))
-
-    def find(self, a: int) -> int:
-        while self.parent[a] != a:
-            self.parent[a] = self.parent[self.parent[a]]
-            a = self.parent[a]
-        return a
-
-    def union(self, a: int, b: int) -> None:
-        ra, rb = self.find(a), self.find(b)
-        if ra != rb:
-            # The smaller index stays root: deterministic groups.
-            self.parent[max(ra, rb)] = min(ra, rb)
-
-
 def geodesic_area_m2(geoms: Sequence[shapely.Geometry], crs_wkt: str) -> np.ndarray:
     """Geodesic areas (m^2, WGS84 ellipsoid) of polygons given in ``crs_wkt``."""
     to_ll = Transformer.from_crs(ProjCRS.from_wkt(crs_wkt), "EPSG:4326", always_xy=True)
@@ -250,6 +234,70 @@ def _seam_pairs(parts: pd.DataFrame) -> list[tuple[int, int]]:
     return pairs
 
 
+_CHUNK_ID = re.compile(r"r(\d+)c(\d+)")
+_OUT_COLUMNS = [
+    "polygon_id",
+    "query_id",
+    "query",
+    "score_mean",
+    "score_max",
+    "area_m2",
+    "chunk_id",
+    "n_chunks",
+    "item_ids",
+    "datetime",
+]
+
+
+def _parts_by_chunk_row(part_uris: Sequence[str]) -> list[tuple[int, list[str]]]:
+    """Part files grouped by chunk row (parsed from ``.../r{row}c{col}.parquet``), rows ascending."""
+    rows: dict[int, list[str]] = {}
+    for uri in sorted(part_uris):
+        m = _CHUNK_ID.search(uri.rsplit("/", 1)[-1])
+        if m is None:
+            raise ValueError(
+                f"polygon part {uri} is not named after its chunk id (r{{row:05d}}c{{col:05d}}.parquet)"
+            )
+        rows.setdefault(int(m[1]), []).append(uri)
+    return sorted(rows.items())
+
+
+def _merged_record(
+    sub: pd.DataFrame, datetimes: Mapping[str, str]
+) -> tuple[dict[str, Any], shapely.Geometry]:
+    """One output polygon from the part rows of one union-find group (one query)."""
+    sub = sub.sort_values(["chunk_id", "label"], kind="stable")
+    geom = sub["geometry"].iloc[0] if len(sub) == 1 else shapely.union_all(sub["geometry"].to_numpy())
+    count = int(sub["score_count"].sum())
+    per_chunk = sub.groupby("chunk_id", sort=True)["score_count"].sum()
+    item_px: dict[str, int] = {}
+    for ids, px in zip(sub["item_ids"], sub["item_pixels"], strict=True):
+        for i, p in zip(list(ids), list(px), strict=True):
+            item_px[str(i)] = item_px.get(str(i), 0) + int(p)
+    main_item = max(sorted(item_px), key=lambda k: item_px[k]) if item_px else None
+    record = {
+        "query_id": int(sub["query_id"].iloc[0]),
+        "query": str(sub["query"].iloc[0]),
+        "score_mean": float(sub["score_sum"].sum()) / max(count, 1),
+        "score_max": float(sub["score_max"].max()),
+        "chunk_id": str(per_chunk.idxmax()),
+        "n_chunks": int(sub["chunk_id"].nunique()),
+        "item_ids": sorted(item_px),
+        "datetime": datetimes.get(main_item) if main_item else None,
+        "_first_chunk": str(sub["chunk_id"].iloc[0]),
+    }
+    return record, geom
+
+
+def _find(parent: dict[int, int], a: int) -> int:
+    root = a
+    while parent[root] != root:
+        root = parent[root]
+    while parent[a] != root:
+        parent[a], a = root, parent[a]
+    return root
+
+
 def merge_parts(
     part_uris: Sequence[str],
     out_uri: str,
@@ -260,12 +308,14 @@ def merge_parts(
 ) -> gpd.GeoDataFrame:
     """Merge per-chunk parts into the final GeoParquet 1.1 file, joining polygons cut by chunk seams.
 
-    Parts are read in sorted order; seam neighbours (same query, adjacent chunks, a shared edge of
-    positive length: 4-connectivity) are joined with union-find; scores combine exactly from sums and
-    counts. Rows are sorted by query, then chunk, then position; ids are ``q{query}-{chunk}-{n}``.
+    Parts are processed one chunk row at a time (in sorted order); only polygons touching the bottom
+    of the current row stay in memory with their groups. Seam neighbours (same query, adjacent chunks,
+    a shared edge of positive length: 4-connectivity) are joined with union-find; scores combine
+    exactly from sums and counts. Rows are sorted by query, then first chunk, then position; ids are
+    ``q{query:03d}-{chunk_id}-{n:05d}``.
 
     Args:
-        part_uris: Part files (any order; sorted here).
+        part_uris: Part files named ``{chunk_id}.parquet`` (any order; sorted here).
         out_uri: Destination, e.g. ``out/polygons.parquet``.
         crs_wkt: The grid CRS (WKT2), recorded as PROJJSON.
         min_area_m2: Drop merged polygons smaller than this (geodesic m^2).
@@ -275,70 +325,63 @@ def merge_parts(
     Returns:
         The written GeoDataFrame.
     """
-    frames = [read_part(u) for u in sorted(part_uris)]
-    frames = [f for f in frames if len(f)]
-    columns = [
-        "polygon_id",
-        "query_id",
-        "query",
-        "score_mean",
-        "score_max",
-        "area_m2",
-        "chunk_id",
-        "n_chunks",
-        "item_ids",
-        "datetime",
-    ]
-    if not frames:
+    datetimes = dict(item_datetimes or {})
+    parent: dict[int, int] = {}
+    active = pd.DataFrame()
+    records: list[dict[str, Any]] = []
+    geoms: list[shapely.Geometry] = []
+    n_parts = next_gid = 0
+    rows = _parts_by_chunk_row(part_uris)
+    for k, (row, uris) in enumerate(rows):
+        frames = [f for f in (read_part(u) for u in uris) if len(f)]
+        if frames:
+            new = pd.concat(frames, ignore_index=True).sort_values(
+                ["query_id", "chunk_id", "label"], kind="stable"
+            )
+            new["gid"] = np.arange(next_gid, next_gid + len(new))
+            next_gid += len(new)
+            n_parts += len(new)
+            parent.update((int(g), int(g)) for g in new["gid"])
+        else:
+            new = pd.DataFrame()
+        pool = (
+            pd.concat([f for f in (active, new) if len(f)], ignore_index=True)
+            if len(active) or len(new)
+            else new
+        )
+        if len(pool):
+            # Seam candidates: border polygons of this row and the previous row's bottom-touching ones.
+            flags = (
+                pool["touches_top"] | pool["touches_left"] | pool["touches_right"] | pool["touches_bottom"]
+            )
+            cand = pool[flags & ((pool["chunk_row"] == row) | pool["touches_bottom"])].reset_index(drop=True)
+            gids = cand["gid"].to_numpy()
+            for a, b in _seam_pairs(cand):
+                ra, rb = _find(parent, int(gids[a])), _find(parent, int(gids[b]))
+                if ra != rb:
+                    parent[max(ra, rb)] = min(ra, rb)  # smaller id stays root: deterministic
+            roots = pool["gid"].map(lambda g: _find(parent, int(g)))
+            last = k == len(rows) - 1
+            growing = set() if last else set(roots[(pool["chunk_row"] == row) & pool["touches_bottom"]])
+            done = ~roots.isin(growing)
+            for _, sub in pool[done].groupby(roots[done], sort=True):
+                record, geom = _merged_record(sub, datetimes)
+                records.append(record)
+                geoms.append(geom)
+            for g in pool.loc[done, "gid"]:
+                del parent[int(g)]
+            active = pool[~done]
+    if not records:
         empty = gpd.GeoDataFrame(
             {
-                c: pd.Series(
-                    dtype="object"
-                    if c in ("polygon_id", "query", "chunk_id", "item_ids", "datetime")
-                    else "float64"
-                )
-                for c in columns
+                c: pd.Series(dtype="float64" if c in ("score_mean", "score_max", "area_m2") else "object")
+                for c in _OUT_COLUMNS
             },
             geometry=gpd.GeoSeries([], dtype="geometry"),
             crs=crs_wkt,
         )
         _write_final(empty, out_uri)
         return empty
-    parts = pd.concat(frames, ignore_index=True)
-    parts = parts.sort_values(["query_id", "chunk_id", "label"], kind="stable").reset_index(drop=True)
-    uf = _UnionFind(len(parts))
-    for a, b in _seam_pairs(parts):
-        uf.union(a, b)
-    roots = np.array([uf.find(i) for i in range(len(parts))])
-    records: list[dict[str, Any]] = []
-    geoms: list[shapely.Geometry] = []
-    datetimes = dict(item_datetimes or {})
-    for root in sorted(set(roots.tolist())):
-        members = np.flatnonzero(roots == root)
-        sub = parts.iloc[members]
-        geom = sub["geometry"].iloc[0] if len(sub) == 1 else shapely.union_all(sub["geometry"].to_numpy())
-        count = int(sub["score_count"].sum())
-        per_chunk = sub.groupby("chunk_id", sort=True)["score_count"].sum()
-        best_chunk = str(per_chunk.idxmax())
-        item_px: dict[str, int] = {}
-        for ids, px in zip(sub["item_ids"], sub["item_pixels"], strict=True):
-            for i, p in zip(list(ids), list(px), strict=True):
-                item_px[str(i)] = item_px.get(str(i), 0) + int(p)
-        main_item = max(sorted(item_px), key=lambda k: item_px[k]) if item_px else None
-        records.append(
-            {
-                "query_id": int(sub["query_id"].iloc[0]),
-                "query": str(sub["query"].iloc[0]),
-                "score_mean": float(sub["score_sum"].sum()) / max(count, 1),
-                "score_max": float(sub["score_max"].max()),
-                "chunk_id": best_chunk,
-                "n_chunks": int(sub["chunk_id"].nunique()),
-                "item_ids": sorted(item_px),
-                "datetime": datetimes.get(main_item) if main_item else None,
-                "_first_chunk": str(sub["chunk_id"].iloc[0]),
-            }
-        )
-        geoms.append(geom)
     out = gpd.GeoDataFrame(pd.DataFrame(records), geometry=geoms, crs=crs_wkt)
     if simplify_m:
         crs = ProjCRS.from_wkt(crs_wkt)
@@ -356,14 +399,13 @@ def merge_parts(
     ids = []
     counter: dict[tuple[int, str], int] = {}
     for qid, chunk in zip(out["query_id"], out["_first_chunk"], strict=True):
-        k = counter.get((qid, chunk), 0)
-        counter[(qid, chunk)] = k + 1
-        ids.append(f"q{int(qid):03d}-{chunk}-{k:05d}")
+        n = counter.get((qid, chunk), 0)
+        counter[(qid, chunk)] = n + 1
+        ids.append(f"q{int(qid):03d}-{chunk}-{n:05d}")
     out.insert(0, "polygon_id", ids)
-    out = out.drop(columns=["_first_chunk", "_miny", "_minx"])
-    out = out[[*columns, "geometry"]]
+    out = out.drop(columns=["_first_chunk", "_miny", "_minx"])[[*_OUT_COLUMNS, "geometry"]]
     _write_final(out, out_uri)
-    logger.info("merged %d part polygons into %d polygons -> %s", len(parts), len(out), out_uri)
+    logger.info("merged %d part polygons into %d polygons -> %s", n_parts, len(out), out_uri)
     return out
 
 

@@ -145,3 +145,38 @@ def test_min_area_and_simplify(tmp_path):
         uris.append(uri)
     out = merge_parts(uris, str(tmp_path / "p.parquet"), GRID.crs_wkt, min_area_m2=5000, simplify_m=5.0)
     assert len(out) == 1 and out.iloc[0]["area_m2"] == pytest.approx(160000, rel=0.002)
+
+
+def _merge_grid(prob, grid, tmp_path, skip=()):
+    uris = []
+    for chunk in plan_chunks(grid, [], 100, 0):
+        if chunk.chunk_id in skip:
+            continue  # a missing part (e.g. a failed chunk) must not break the merge
+        sl = (
+            slice(chunk.row_off, chunk.row_off + chunk.height),
+            slice(chunk.col_off, chunk.col_off + chunk.width),
+        )
+        uri = str(tmp_path / f"{chunk.chunk_id}.parquet")
+        write_part(vectorize_chunk(prob[(slice(None), *sl)], chunk, grid, ["q"]), uri)
+        uris.append(uri)
+    return merge_parts(uris, str(tmp_path / "p.parquet"), grid.crs_wkt)
+
+
+def test_streaming_merge_across_rows_u_shape_and_gaps(tmp_path):
+    """Groups grow row by row: a U whose arms join only in a lower row; a bar over three chunk rows; a gap."""
+    grid = OutputGrid(CRS.from_epsg(32631).to_wkt(), (10.0, 0.0, 500000.0, 0.0, -10.0, 5000000.0), 200, 300)
+    prob = np.zeros((1, 300, 200), np.uint8)
+    prob[0, 20:120, 20:30] = 255  # left arm (chunk column 0, rows 0-1)
+    prob[0, 20:120, 150:160] = 255  # right arm (chunk column 1)
+    prob[0, 110:120, 20:160] = 255  # base in chunk row 1 joins both arms
+    prob[0, 50:290, 180:185] = 255  # a separate bar across chunk rows 0, 1, 2
+    u_px = int(np.count_nonzero(prob[0, :, :170]))
+    out = _merge_grid(prob, grid, tmp_path / "full")
+    assert len(out) == 2
+    u, bar = (out.iloc[0], out.iloc[1]) if out.iloc[0]["n_chunks"] == 4 else (out.iloc[1], out.iloc[0])
+    assert u["n_chunks"] == 4 and u["area_m2"] == pytest.approx(u_px * 100, rel=0.002)
+    assert u.geometry.geom_type == "Polygon" and len(u.geometry.interiors) == 0
+    assert bar["n_chunks"] == 3 and bar["area_m2"] == pytest.approx(240 * 5 * 100, rel=0.002)
+    gap = _merge_grid(prob, grid, tmp_path / "gap", skip={"r00001c00001"})
+    # Without chunk r1c1 the U's right arm and the bar's middle are gone: four pieces remain.
+    assert len(gap) == 4
