@@ -1,0 +1,96 @@
+"""CroBIMConfig: presets, JSON/YAML round trip, validation messages, light import (MODEL.md §2, §3.9)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from crobim.config import CroBIMConfig, get_preset, list_presets
+
+#: Where each ambiguity flag lives in the config (MODEL.md §3.9).
+FLAG_KEYS = {
+    "A1": ("backbone", "in_fusion"),
+    "A2": ("text", "two_pass"),
+    "A3": ("capm", "pool_grid"),
+    "A4": ("capm", "num_prompts"),
+    "A5": ("capm", "prompt_position"),
+    "A6": ("lgfa", "out_stride"),
+    "A7": ("lgfa", "compensation"),
+    "A8": ("mid", "depth"),
+    "A9": ("head", "channels"),
+    "A10": ("text", "max_len"),
+}
+
+
+def test_presets_exist():
+    assert {"crobim-swin-b", "crobim-convnext-b", "crobim-tiny", "crobim-minilm"} <= set(list_presets())
+    with pytest.raises(KeyError, match="available presets"):
+        get_preset("crobim-huge")
+
+
+@pytest.mark.parametrize("name", ["crobim-swin-b", "crobim-convnext-b", "crobim-tiny", "crobim-minilm"])
+def test_round_trip_json_and_yaml(name, tmp_path):
+    config = get_preset(name)
+    assert CroBIMConfig.from_json(config.to_json()) == config
+    assert CroBIMConfig.from_yaml(config.to_yaml()) == config
+    config.to_yaml(tmp_path / "c.yaml")
+    config.to_json(tmp_path / "c.json")
+    assert CroBIMConfig.from_yaml(tmp_path / "c.yaml") == config
+    assert CroBIMConfig.from_json(tmp_path / "c.json") == config
+
+
+def test_defaults_are_the_paper_setting():
+    config = get_preset("crobim-swin-b")
+    assert config.input.size == (480, 480)
+    assert config.backbone.name == "swin_base_patch4_window12_384" and config.backbone.drop_path_rate == 0.3
+    assert (config.text.hidden_size, config.text.num_layers, config.text.max_len) == (768, 12, 20)
+    assert (config.capm.pool_grid, config.capm.num_prompts, config.lgfa.dim, config.mid.depth) == (
+        4,
+        4,
+        256,
+        3,
+    )
+    assert config.head.channels == 1 and not config.presence.enabled
+    for section, key in FLAG_KEYS.values():
+        assert hasattr(getattr(config, section), key)
+
+
+@pytest.mark.parametrize(
+    ("sections", "message"),
+    [
+        (
+            {"lgfa": {"compensation": "magic"}},
+            r"lgfa.compensation = 'magic' .*\['gated', 'residual', 'se', 'complementary'\]",
+        ),
+        ({"lgfa": {"out_stride": 16}}, r"lgfa.out_stride = 16 .*\[4, 8\]"),
+        ({"head": {"channels": 3}}, r"head.channels = 3 .*\[1, 2\]"),
+        ({"backbone": {"in_fusion": "early"}}, r"backbone.in_fusion = 'early' .*\['plain', 'pwam'\]"),
+        ({"input": {"size": [480, 500]}}, r"input.size = \(480, 500\) .*multiples of 32"),
+        ({"text": {"max_len": "20"}}, r"text.max_len = '20' .*an integer"),
+        ({"capm": {"num_prompts": 0}}, r"capm.num_prompts = 0 .*positive"),
+        ({"text": {"two_pass": "yes"}}, r"text.two_pass = 'yes' .*boolean"),
+        ({"capm": {"colour": 1}}, r"unknown config key\(s\) \['capm.colour'\]"),
+        ({"presence": {"threshold": 1.5}}, r"presence.threshold = 1.5"),
+    ],
+)
+def test_validation_names_key_value_and_allowed_set(sections, message):
+    with pytest.raises(ValueError, match=message):
+        get_preset("crobim-tiny").replace(**sections)
+
+
+def test_size_accepts_an_int_and_non_square():
+    assert get_preset("crobim-tiny").replace(input={"size": 512}).input.size == (512, 512)
+    assert get_preset("crobim-tiny").replace(input={"size": [512, 384]}).input.size == (512, 384)
+
+
+def test_import_is_light():
+    code = (
+        "import sys, crobim;"
+        "assert 'torch' not in sys.modules and 'transformers' not in sys.modules, 'import crobim loaded torch';"
+        "import crobim.inference, crobim.transforms, crobim.losses, crobim.optim, crobim.weights, crobim.modeling;"
+        "heavy = [m for m in ('ray', 'rasterio', 'osgeo', 'geopandas', 'zarr', 'pyarrow') if m in sys.modules];"
+        "assert not heavy, heavy"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
