@@ -168,9 +168,10 @@ class ReferringMetrics:
             flags = [None if no_target is None else bool(no_target)] * b
         else:
             flags = [bool(x) for x in no_target]
-        cats: list[Hashable] = (
-            list(category) if isinstance(category, list | tuple | np.ndarray) else [category] * b
-        )
+        if isinstance(category, list | tuple | np.ndarray):
+            cats: list[Hashable] = list(category)
+        else:
+            cats = [category] * b  # type: ignore[list-item]  # one category for the whole batch
         if len(flags) != b or len(cats) != b:
             raise ValueError(f"batch of {b} masks needs {b} no_target flags and categories")
         return [self._update_one(pred[i], gt[i], flags[i], cats[i]) for i in range(b)]
