@@ -204,10 +204,20 @@ def convert_refs_to_json(src: str | os.PathLike[str], dst: str | os.PathLike[str
 
     Returns:
         The JSON path.
+
+    Raises:
+        DatasetFormatError: If the refs hold values JSON cannot store (e.g. sets).
     """
     refs = load_refs(src)
     out = Path(dst) if dst is not None else Path(src).with_suffix(".json")
+
+    def refuse(obj: object) -> None:
+        raise DatasetFormatError(
+            f"{src}: holds a {type(obj).__name__}, which JSON cannot store; keep the pickle"
+        )
+
+    text = json.dumps(refs, ensure_ascii=False, default=refuse)
     tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(json.dumps(refs, ensure_ascii=False), encoding="utf-8")
+    tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, out)
     return out

@@ -1,4 +1,5 @@
 import copy
+import json
 import logging
 import pickle
 
@@ -95,11 +96,23 @@ def test_rrsisd_missing_files(tmp_path, rrsisd_fake):
 
 
 def test_rrsisd_prefers_converted_json(tmp_path):
-    from crobim.data.safe_pickle import convert_refs_to_json
+    from crobim.data import DatasetFormatError
+    from crobim.data.safe_pickle import convert_refs_to_json, load_refs
 
     load_generator("rrsisd").write(tmp_path, seed=0)
-    with pytest.raises(TypeError):  # sets are not JSON: the converter refuses rather than dropping data
-        convert_refs_to_json(tmp_path / "rrsisd" / "refs(unc).p")
+    src = tmp_path / "rrsisd" / "refs(unc).p"
+    with pytest.raises(DatasetFormatError, match="set"):  # sets cannot go to JSON: refused, not dropped
+        convert_refs_to_json(src)
+    refs = load_refs(src)
+    for ref in refs:
+        ref.pop("flags", None)
+    src.write_bytes(pickle.dumps(refs, protocol=2))
+    out = convert_refs_to_json(src)
+    assert out.name == "refs(unc).json" and load_refs(out) == refs
+    refs[-1]["sentences"][0]["raw"] = "edited in the json copy"
+    out.write_text(json.dumps(refs))
+    ds = RRSISD(tmp_path, "test")
+    assert ds[len(ds) - 1].text == "edited in the json copy"
 
 
 @pytest.mark.parametrize("split", ["train", "val", "test"])
