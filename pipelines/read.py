@@ -56,9 +56,10 @@ _TOLERANCE_PX = 1e-9
 GDAL_SETTINGS: dict[str, str] = {
     # Do not list the "directory" of a remote file (one useless request per open).
     "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",
-    # Only treat these as rasters: avoids probing for sidecar files (.aux.xml, .ovr, .msk).
-    "CPL_VSIL_CURL_ALLOWED_EXTENSIONS": ".tif,.tiff,.TIF,.TIFF,.jp2,.vrt",
-    # Fetch several blocks in one request, merging adjacent ranges.
+    # Only open these over HTTP (no probing of sidecar files); {noext} keeps extension-less URLs readable.
+    "CPL_VSIL_CURL_ALLOWED_EXTENSIONS": ".tif,.tiff,.TIF,.TIFF,.jp2,.vrt,{noext}",
+    # Fetch the blocks of one read as parallel single-range GETs (S3 has no multipart ranges),
+    # merging adjacent ranges into one.
     "GDAL_HTTP_MULTIRANGE": "YES",
     "GDAL_HTTP_MERGE_CONSECUTIVE_RANGES": "YES",
     # GDAL's own retries of HTTP 429/502/503/504 inside one read; ours wrap the whole read.

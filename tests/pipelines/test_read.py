@@ -393,3 +393,15 @@ def test_alpha_band_and_nodata_override(tmp_path):
     assert read_chunk(_whole_chunk(grid, ("plain",)), grid, [plain]).valid.all()
     fixed = read_chunk(_whole_chunk(grid, ("plain",)), grid, [plain], radiometry=RadiometryConfig(nodata=0))
     assert not fixed.valid[:16].any() and fixed.valid[16:].all()
+
+
+def test_signed_and_extensionless_urls(cog_server):
+    tr = Affine(10, 0, 500000, 0, -10, 4000000)
+    write_cog(
+        cog_server.root / "blob", np.full((3, 64, 64), 33, np.uint8), "EPSG:32631", tr, nodata=0, blocksize=64
+    )
+    grid = OutputGrid(rasterio.crs.CRS.from_epsg(32631).to_wkt(), tuple(tr)[:6], 64, 64)
+    for href in (cog_server.href("blob"), cog_server.href("blob") + "?st=2025&sig=abc%3D"):
+        item = make_item("blob", href, "EPSG:32631", tr, (64, 64))
+        img = read_chunk(_whole_chunk(grid, ("blob",)), grid, [item])
+        assert img.valid.all() and np.all(img.rgb == 33)
