@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import random
 import re
 import time
@@ -390,7 +391,7 @@ def read_chunk(
         attempts: Tries per asset for transient errors.
         backoff_s: First retry delay in seconds.
         sleep: Sleep function used between retries.
-        env: GDAL settings (default :data:`GDAL_SETTINGS`).
+        env: GDAL settings (default: :data:`GDAL_SETTINGS` for every key the environment does not set).
 
     Returns:
         The chunk imagery (``valid`` all False for an all-nodata or empty chunk).
@@ -413,9 +414,10 @@ def read_chunk(
         raise ValueError(
             f"chunk {chunk.chunk_id} has {len(candidates)} candidates; source_rank holds at most 255"
         )
-    options = {
-        k: int(v) if str(v).isdigit() else v for k, v in (env if env is not None else GDAL_SETTINGS).items()
-    }
+    if env is None:
+        # Defaults fill in what the process environment (runtime_env env_vars) does not already set.
+        env = {k: v for k, v in GDAL_SETTINGS.items() if k not in os.environ}
+    options = {k: int(v) if str(v).isdigit() else v for k, v in env.items()}
     with rasterio.Env(**options):
         for item_id in candidates:
             if valid.all():
