@@ -219,9 +219,10 @@ class CroBIMPredictor:
             if self.gate_presence and out.presence_logit is not None:
                 present = torch.sigmoid(out.presence_logit.float()) >= self.presence_threshold  # (B, Q)
                 prob = prob * present[:, :, None, None]
+            prob = prob.clamp(0.0, 1.0).cpu()
         self.counts["image_encodes"] += b
         self.counts["decodes"] += b * len(queries)
-        return prob.clamp_(0.0, 1.0).cpu().numpy().astype(np.float32, copy=False)
+        return prob.numpy().astype(np.float32, copy=False)
 
 
 def _local_checkpoint(uri: str) -> Path:

@@ -1,0 +1,143 @@
+"""RegionPredictor protocol, --model parsing and loading, and the CroBIM predictor (text once, image once)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from pipelines.predict import (
+    CroBIMPredictor,
+    RegionPredictor,
+    load_predictor,
+    parse_model_spec,
+    validate_queries,
+)
+from pipelines.provenance import folder_sha256
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    from crobim import get_preset
+    from crobim.modeling import build_model
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # CI has 2 cores shared with other work: oversubscribed threads crawl
+    torch.manual_seed(0)
+    # crobim-tiny with the presence head, at 128 px so the tests stay fast on CPU.
+    config = get_preset("crobim-tiny").replace(presence={"enabled": True}, input={"size": (128, 128)})
+    yield build_model(config).eval()
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tiny, tmp_path_factory):
+    path = tmp_path_factory.mktemp("ckpt") / "crobim-tiny"
+    tiny.save_pretrained(path)
+    return path
+
+
+def _tiles(n: int, size: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (n, size, size, 3), dtype=np.uint8)
+
+
+def test_validate_queries_errors():
+    assert validate_queries(["  two   words "]) == ["two words"]
+    with pytest.raises(ValueError, match="no query"):
+        validate_queries([])
+    with pytest.raises(ValueError, match="query 1 is empty"):
+        validate_queries(["roads", "   "])
+    with pytest.raises(ValueError, match="characters, more than the limit"):
+        validate_queries(["x" * 501])
+    with pytest.raises(ValueError, match="given twice"):
+        validate_queries(["roads", "roads"])
+
+
+def test_parse_model_spec(tmp_path):
+    assert parse_model_spec("tests.fixtures.predictors:factory").kind == "factory"
+    assert parse_model_spec(str(tmp_path)).kind == "checkpoint"
+    assert parse_model_spec("s3://bucket/ckpt").kind == "checkpoint"
+    with pytest.raises(ValueError, match="neither an existing checkpoint folder"):
+        parse_model_spec("no/such/folder")
+
+
+def test_factory_predictor_follows_the_protocol():
+    pred = load_predictor("tests.fixtures.predictors:factory")
+    assert isinstance(pred, RegionPredictor) and pred.tile_size == 64
+    tiles = np.zeros((2, 64, 64, 3), dtype=np.uint8)
+    tiles[0, :10, :10] = (250, 10, 10)
+    out = pred.predict(tiles, ["red", "blue"])
+    assert out.shape == (2, 2, 64, 64) and out.dtype == np.float32
+    assert out[0, 0, :10, :10].all() and out[0, 0].sum() == 100 and out[:, 1].sum() == 0
+
+
+def test_factory_errors_are_clear():
+    with pytest.raises(ValueError, match="cannot be imported"):
+        load_predictor("no_such_module_xyz:factory")
+    with pytest.raises(ValueError, match="has no callable 'nope'"):
+        load_predictor("tests.fixtures.predictors:nope")
+    with pytest.raises(TypeError, match="does not follow RegionPredictor"):
+        load_predictor("builtins:object")
+
+
+def test_crobim_encodes_text_once_and_each_tile_once(tiny, monkeypatch):
+    calls = {"image": 0, "text": 0, "decode_pairs": 0}
+    encode_image, encode_text, decode = tiny.encode_image, tiny.encode_text, tiny.decode
+
+    def spy_image(pixels):
+        calls["image"] += pixels.shape[0]
+        return encode_image(pixels)
+
+    def spy_text(ids, mask):
+        calls["text"] += ids.shape[0]
+        return encode_text(ids, mask)
+
+    def spy_decode(img, txt, pair_index=None):
+        calls["decode_pairs"] += len(img) * len(txt)
+        return decode(img, txt, pair_index)
+
+    monkeypatch.setattr(tiny, "encode_image", spy_image)
+    monkeypatch.setattr(tiny, "encode_text", spy_text)
+    monkeypatch.setattr(tiny, "decode", spy_decode)
+    pred = CroBIMPredictor(tiny, device="cpu")
+    queries = ["red roofs", "ponds", "roads"]
+    tiles = _tiles(2, pred.tile_size)
+    out1 = pred.predict(tiles, queries)
+    out2 = pred.predict(_tiles(2, pred.tile_size, seed=1), queries)
+    assert out1.shape == (2, 3, pred.tile_size, pred.tile_size) and out1.dtype == np.float32
+    assert (out1 >= 0).all() and (out1 <= 1).all() and not np.array_equal(out1, out2)
+    assert calls == {"image": 4, "text": 3, "decode_pairs": 12}  # text once per query, image once per tile
+
+
+def test_crobim_multi_query_equals_single_queries(tiny):
+    pred = CroBIMPredictor(tiny, device="cpu", gate_presence=False)
+    tiles = _tiles(2, pred.tile_size, seed=2)
+    both = pred.predict(tiles, ["red roofs", "ponds"])
+    np.testing.assert_allclose(both[:, :1], pred.predict(tiles, ["red roofs"]), atol=1e-5)
+    np.testing.assert_allclose(both[:, 1:], pred.predict(tiles, ["ponds"]), atol=1e-5)
+
+
+def test_crobim_presence_gating(tiny):
+    tiles = _tiles(3, 128, seed=3)
+    queries = ["red roofs", "ponds"]
+    with torch.inference_mode():
+        tok = tiny.tokenize(queries)
+        out = tiny.decode(tiny.encode_image(tiny.preprocess(tiles)), tiny.encode_text(**tok))
+        presence = torch.sigmoid(out.presence_logit).numpy()  # (B, Q)
+    threshold = float(np.median(presence))  # half the pairs are gated
+    gated = CroBIMPredictor(tiny, device="cpu")
+    gated.presence_threshold = threshold
+    plain = CroBIMPredictor(tiny, device="cpu", gate_presence=False)
+    g, p = gated.predict(tiles, queries), plain.predict(tiles, queries)
+    absent = presence < threshold
+    assert absent.any() and (~absent).any()
+    assert (g[absent] == 0).all()
+    np.testing.assert_array_equal(g[~absent], p[~absent])
+
+
+def test_load_checkpoint_checks_the_hash(tiny_checkpoint):
+    sha = folder_sha256(str(tiny_checkpoint))
+    pred = load_predictor(str(tiny_checkpoint), device="cpu", expected_sha256=sha)
+    assert isinstance(pred, CroBIMPredictor) and pred.tile_size == 128
+    with pytest.raises(ValueError, match="changed since the job started"):
+        load_predictor(str(tiny_checkpoint), device="cpu", expected_sha256="0" * 64)
