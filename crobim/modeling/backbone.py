@@ -51,7 +51,19 @@ def create_timm_features(
     if drop_path_rate > 0:
         kwargs["drop_path_rate"] = drop_path_rate
     pretrained = dict(pretrained_kwargs or {"pretrained": False})
-    return timm.create_model(name, features_only=True, out_indices=tuple(out_indices), **pretrained, **kwargs)
+    try:
+        return timm.create_model(
+            name, features_only=True, out_indices=tuple(out_indices), **pretrained, **kwargs
+        )
+    except (OSError, RuntimeError, ValueError) as exc:
+        if not pretrained.get("pretrained"):
+            raise
+        source = pretrained.get("pretrained_cfg_overlay", {}).get("file", f"the hub tag of {name!r}")
+        raise OSError(
+            f"could not load pretrained backbone weights from {source} (weights.backbone) into {name!r}: {exc}. "
+            "Offline, point weights.backbone at a local file whose layout matches backbone.name (e.g. the "
+            "'.ms_in22k' tag for an ImageNet-22k Swin checkpoint)."
+        ) from exc
 
 
 class StageLanguageFusion(nn.Module):
