@@ -312,3 +312,48 @@ def test_corrupt_cog_fails_its_chunks_only(ray_local, tmp_path, capsys):
     assert all(int(cid[-5:]) >= 1 for cid in failed)  # the west-only column of chunks succeeded
     gdf = gpd.read_parquet(out / "polygons.parquet")
     assert sorted(tuple(b) for b in gdf.geometry.bounds.to_numpy()) == [good.square_bounds(good.squares[0])]
+
+
+def test_crobim_tiny_checkpoint_end_to_end(ray_local, scene_api: SceneAPI, tmp_path):
+    """The real path: a crobim-tiny checkpoint folder, loaded once per actor, hash recorded; map.html on request."""
+    import torch
+
+    from crobim.modeling import build_model
+    from pipelines.provenance import folder_sha256
+    from pipelines.write import open_masks
+
+    torch.manual_seed(0)
+    ckpt = tmp_path / "crobim-tiny"
+    build_model("crobim-tiny").save_pretrained(ckpt)
+    out = tmp_path / "out"
+    bbox = scene_api.scene.lonlat_bbox(inset_px=64)  # ~128 x 128 px: one chunk, a few 320 px tiles
+    argv = [
+        "--bbox",
+        *map(str, bbox),
+        "--stac-url",
+        scene_api.url,
+        "--model",
+        str(ckpt),
+        "--query",
+        "red roofs",
+    ]
+    argv += [
+        "--query",
+        "ponds",
+        "--out",
+        str(out),
+        "--chunk-size",
+        "256",
+        "--batch-size",
+        "2",
+        "--no-progress",
+    ]
+    assert _run([*argv, "--html"]) == 0
+    run = json.loads((out / "run.json").read_text())
+    assert run["model"]["kind"] == "checkpoint" and run["model"]["sha256"] == folder_sha256(str(ckpt))
+    assert run["grid"]["tile_size_px"] == 320 and run["counts"]["tiles"] >= 1
+    assert run["counts"]["tile_query_decodes"] == 2 * run["counts"]["tiles"]
+    ds = open_masks(str(out / "masks.zarr"))
+    prob, valid = ds["prob"].values, ds["valid"].values.astype(bool)
+    assert prob.shape[0] == 2 and valid.all() and (prob > 0).any()
+    assert (out / "map.html").stat().st_size > 10_000 and (out / "quicklook.png").exists()
