@@ -2,7 +2,7 @@
 
 Reader choice (docs/geospatial-io.md): rasterio ``WarpedVRT`` per asset. It gives explicit nodata and
 alpha handling, a per-pixel source rank, early stop once the window is full, one item buffer at a time,
-and a transformer tolerance of 0 so a pixel's value does not depend on the chunk window.
+and a transformer tolerance of ~0 (1e-9 px) so a pixel's value does not depend on the chunk window.
 """
 
 from __future__ import annotations

@@ -231,3 +231,15 @@ def test_result_modifier_signs_asset_urls(s2_items_served, stac_api):
 
     items = search_items(BRAZIL_BBOX, stac_url=url, max_cloud=40, modifier=sign)
     assert seen and all(a.href.endswith("?sig=test") for it in items for a in it.assets.values())
+
+
+def test_required_assets_predicate_drops_items_without_rgb(shared_data):
+    from pipelines.radiometry import has_rgb_source
+
+    catalog = str(shared_data / "stac" / S2_FILE)
+    bbox = (-105.5, 39.8, -105.0, 40.2)  # Colorado items: published without assets
+    assert len(search_items(bbox, catalog=catalog)) == 10
+    with pytest.raises(NoItemsError):
+        search_items(bbox, catalog=catalog, required_assets=has_rgb_source)
+    kept = search_items(BRAZIL_BBOX, catalog=catalog, required_assets=has_rgb_source)
+    assert len(kept) == 5 and all(has_rgb_source(it) for it in kept)
