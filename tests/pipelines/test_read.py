@@ -196,8 +196,9 @@ def test_corrupt_cog_is_a_specific_error(cog_server):
     (cog_server.root / "text.tif").write_bytes(b"<html>not a tiff</html>" * 100)
     blob[len(blob) // 2 :] = bytes(len(blob) - len(blob) // 2)  # tiles zeroed: deflate streams broken
     (cog_server.root / "broken.tif").write_bytes(bytes(blob))
+    (cog_server.root / "short.tif").write_bytes(good.read_bytes()[: len(blob) // 3])  # truncated upload
     grid = OutputGrid(rasterio.crs.CRS.from_epsg(32631).to_wkt(), tuple(tr)[:6], 256, 256)
-    for name in ("text.tif", "broken.tif"):
+    for name in ("text.tif", "broken.tif", "short.tif"):
         item = make_item(name, cog_server.href(name), "EPSG:32631", tr, (256, 256))
         with pytest.raises(CorruptAssetError, match=f"{name} is corrupt or not a readable GeoTIFF"):
             read_chunk(_whole_chunk(grid, (name,)), grid, [item], sleep=_no_sleep)
