@@ -330,8 +330,26 @@ def _items_from_dicts(dicts: Iterable[dict[str, Any]], source: str) -> list[pyst
     for i, d in enumerate(dicts):
         if d.get("type") != "Feature":
             raise CatalogError(f"catalog {source}: entry {i} is not a STAC Item (type={d.get('type')!r})")
-        items.append(pystac.Item.from_dict(d, preserve_dict=False, migrate=False))
+        item = pystac.Item.from_dict(d, preserve_dict=False, migrate=False)
+        for asset in item.assets.values():
+            asset.href = _absolute_href(asset.href, source)
+        items.append(item)
     return items
+
+
+def _absolute_href(href: str, source: str) -> str:
+    """Resolve an asset href written relative to the catalog file (static catalogs do this)."""
+    if "://" in href or href.startswith("/") or re.match(r"^[A-Za-z]:[\\/]", href):
+        return href
+    base = source.rsplit("/", 1)[0] if "/" in source else "."
+    if "://" in base:
+        import posixpath
+
+        scheme, rest = base.split("://", 1)
+        return f"{scheme}://{posixpath.normpath(posixpath.join(rest, href))}"
+    import os.path
+
+    return os.path.normpath(os.path.join(os.path.abspath(base), href))
 
 
 def load_catalog(uri: str) -> list[pystac.Item]:

@@ -243,3 +243,16 @@ def test_required_assets_predicate_drops_items_without_rgb(shared_data):
         search_items(bbox, catalog=catalog, required_assets=has_rgb_source)
     kept = search_items(BRAZIL_BBOX, catalog=catalog, required_assets=has_rgb_source)
     assert len(kept) == 5 and all(has_rgb_source(it) for it in kept)
+
+
+def test_relative_asset_hrefs_resolve_against_the_catalog(tmp_path, shared_data):
+    feature = _features(shared_data)[3]
+    feature["assets"] = {"visual": dict(feature["assets"]["visual"], href="cogs/tile.tif")}
+    (tmp_path / "cat").mkdir()
+    path = tmp_path / "cat" / "items.json"
+    path.write_text(json.dumps({"type": "FeatureCollection", "features": [feature]}))
+    (item,) = load_catalog(str(path))
+    assert item.assets["visual"].href == str(tmp_path / "cat" / "cogs" / "tile.tif")
+    frozen = str(tmp_path / "out" / "items.parquet")
+    freeze_items([item], frozen)
+    assert load_items(frozen)[0].assets["visual"].href == str(tmp_path / "cat" / "cogs" / "tile.tif")
