@@ -7,6 +7,8 @@ import io
 import json
 import logging
 import math
+import os
+import posixpath
 import re
 import warnings
 from collections.abc import Callable, Iterable, Sequence
@@ -343,12 +345,8 @@ def _absolute_href(href: str, source: str) -> str:
         return href
     base = source.rsplit("/", 1)[0] if "/" in source else "."
     if "://" in base:
-        import posixpath
-
         scheme, rest = base.split("://", 1)
         return f"{scheme}://{posixpath.normpath(posixpath.join(rest, href))}"
-    import os.path
-
     return os.path.normpath(os.path.join(os.path.abspath(base), href))
 
 
