@@ -1,0 +1,192 @@
+"""Region job throughput, memory and query cost with crobim-tiny on CPU (issue 5, PIPELINE.md §6).
+
+Measured side by side in one run, on one local Ray runtime:
+
+1. Pipeline efficiency: region tiles/s (the whole Ray Data pipeline: read, infer, blend, write, including
+   start-up) over bare ``predict`` tiles/s on the same tiles, same micro-batches, same thread count.
+2. Peak memory of a region and of a region 4x larger (same chunk size): the peak of the summed RSS of the driver
+   and every Ray worker process, sampled every 0.1 s.
+3. Query cost: the same region with 4 queries vs 1 (end to end), and bare ``predict`` with 4 vs 1.
+
+Usage: ``.venv/bin/python benchmarks/region_throughput.py [--size-px 1024] [--chunk-size 512] [--json out.json]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+
+QUERIES = ["all buildings", "the roads", "ponds", "trees near ponds"]
+
+
+class PeakRSS:
+    """Samples the summed RSS of this process and all Ray worker processes; keeps the peak."""
+
+    def __init__(self, interval_s: float = 0.1) -> None:
+        self.interval_s = interval_s
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _sample(self) -> int:
+        total = psutil.Process().memory_info().rss
+        for proc in psutil.process_iter(["cmdline"]):
+            cmd = " ".join(proc.info["cmdline"] or [])
+            if cmd.startswith("ray::") or "default_worker.py" in cmd:
+                try:
+                    total += proc.memory_info().rss
+                except (psutil.NoSuchProcess, psutil.AccessDenied):
+                    pass
+        return total
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self._sample())
+            time.sleep(self.interval_s)
+
+    def __enter__(self) -> PeakRSS:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def run_region(scene, ckpt: Path, out: Path, queries: list[str], args) -> dict:
+    from pipelines.region import RegionJobConfig, run_region
+
+    config = RegionJobConfig(
+        bbox=scene.bbox_wgs84,
+        queries=tuple(queries),
+        out=str(out),
+        model=str(ckpt),
+        catalog=str(scene.catalog_path),
+        chunk_size_px=args.chunk_size,
+        batch_size=args.batch_size,
+        cpus_per_actor=1.0,
+        torch_threads=args.threads,
+        progress=False,
+    )
+    with PeakRSS() as mem:
+        result = run_region(config)
+    assert result.ok, result.failures
+    return {
+        "tiles": result.counts["tiles"],
+        "chunks": result.counts["chunks"]["done"],
+        "pipeline_s": result.timings_s["pipeline_s"],
+        "tiles_per_s": result.counts["tiles"] / result.timings_s["pipeline_s"],
+        "km2_per_h": result.timings_s["km2_per_h"],
+        "peak_rss_mb": mem.peak / 2**20,
+        "polygons": result.counts["polygons"],
+    }
+
+
+def bare_predict(scene, ckpt: Path, queries: list[str], args) -> dict:
+    """predict() alone over exactly the tiles the pipeline runs, in the same padded micro-batches."""
+    import torch
+
+    from pipelines.blend import cut_tiles, tile_windows
+    from pipelines.predict import load_predictor
+    from pipelines.read import read_chunk
+    from pipelines.region import RegionJobConfig, plan_region
+    from pipelines.stac import load_catalog
+
+    torch.set_num_threads(args.threads)
+    config = RegionJobConfig(
+        bbox=scene.bbox_wgs84,
+        queries=tuple(queries),
+        out="",
+        model=str(ckpt),
+        catalog=str(scene.catalog_path),
+        chunk_size_px=args.chunk_size,
+    )
+    items = load_catalog(str(scene.catalog_path))
+    plan = plan_region(config, items)
+    predictor = load_predictor(str(ckpt), device="cpu")
+    s, b = plan.lattice.tile_size_px, args.batch_size
+    n_tiles, seconds = 0, 0.0
+    for chunk in plan.chunks:
+        if chunk.empty:
+            continue
+        img = read_chunk(chunk, plan.grid, items)
+        core = (chunk.row_off, chunk.col_off, chunk.height, chunk.width)
+        origin = (chunk.row_off - chunk.halo_px, chunk.col_off - chunk.halo_px)
+        tiles = [
+            t for _, t in cut_tiles(img.rgb, origin, tile_windows(plan.lattice, core), s, valid=img.valid)
+        ]
+        for k in range(0, len(tiles), b):
+            batch = np.zeros((b, s, s, 3), dtype=np.uint8)
+            part = tiles[k : k + b]
+            batch[: len(part)] = np.stack(part)
+            start = time.perf_counter()
+            predictor.predict(batch, list(queries))
+            seconds += time.perf_counter() - start
+        n_tiles += len(tiles)
+    return {"tiles": n_tiles, "predict_s": seconds, "tiles_per_s": n_tiles / seconds}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--size-px", type=int, default=1024, help="side of the 1x region (the 4x one doubles it)"
+    )
+    parser.add_argument("--gsd-m", type=float, default=1.0)
+    parser.add_argument("--chunk-size", type=int, default=512)
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch threads, pipeline actor and bare predict alike"
+    )
+    parser.add_argument("--workdir", default=None)
+    parser.add_argument("--json", default=None, help="also write the results here")
+    args = parser.parse_args()
+
+    import ray
+    import torch
+
+    from crobim.modeling import build_model
+    from pipelines.synthetic_region import make_region
+
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="region-bench-"))
+    torch.manual_seed(0)
+    ckpt = work / "crobim-tiny"
+    if not ckpt.exists():
+        build_model("crobim-tiny").save_pretrained(ckpt)
+    small = make_region(work / "region-1x", seed=1, size_px=args.size_px, gsd_m=args.gsd_m)
+    large = make_region(work / "region-4x", seed=1, size_px=2 * args.size_px, gsd_m=args.gsd_m)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    results: dict = {"args": vars(args), "cpu_count": os.cpu_count(), "load_avg_start": os.getloadavg()}
+    try:
+        results["region_1x_q1"] = run_region(small, ckpt, work / "out-1x-q1", QUERIES[:1], args)
+        results["region_4x_q1"] = run_region(large, ckpt, work / "out-4x-q1", QUERIES[:1], args)
+        results["region_1x_q4"] = run_region(small, ckpt, work / "out-1x-q4", QUERIES, args)
+    finally:
+        ray.shutdown()
+    results["bare_4x_q1"] = bare_predict(large, ckpt, QUERIES[:1], args)
+    results["bare_1x_q1"] = bare_predict(small, ckpt, QUERIES[:1], args)
+    results["bare_1x_q4"] = bare_predict(small, ckpt, QUERIES, args)
+    r = results
+    results["ratios"] = {
+        "pipeline_efficiency_4x": r["region_4x_q1"]["tiles_per_s"] / r["bare_4x_q1"]["tiles_per_s"],
+        "pipeline_efficiency_1x": r["region_1x_q1"]["tiles_per_s"] / r["bare_1x_q1"]["tiles_per_s"],
+        "peak_memory_4x_over_1x": r["region_4x_q1"]["peak_rss_mb"] / r["region_1x_q1"]["peak_rss_mb"],
+        "queries_4_over_1_end_to_end": r["region_1x_q4"]["pipeline_s"] / r["region_1x_q1"]["pipeline_s"],
+        "queries_4_over_1_bare_predict": r["bare_1x_q4"]["predict_s"] / r["bare_1x_q1"]["predict_s"],
+    }
+    results["load_avg_end"] = os.getloadavg()
+    text = json.dumps(results, indent=2, default=float)
+    print(text)
+    if args.json:
+        Path(args.json).write_text(text)
+
+
+if __name__ == "__main__":
+    main()
