@@ -421,8 +421,10 @@ def render_scene(
     params = params or SynRSParams()
     hw = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
     unit = float(unit_px or max(hw))
+    # Benchmark scenes vary their ground scale (object size and density); a mosaic keeps the unit it is given.
+    zoom = float(rng.uniform(*params.zoom_range)) if unit_px is None else 1.0
     style = _style(rng)
-    lay = _layout(rng, hw, unit, style)
+    lay = _layout(rng, hw, unit * zoom, style)
     h, w = hw
     # Background: base colour, low-frequency brightness field, then per-pixel noise below.
     coarse = rng.normal(1.0, 0.06, size=(max(2, h // 32), max(2, w // 32))).astype(np.float32)

@@ -46,6 +46,8 @@ class SynRSParams:
     p_none: float = 0.15
     #: Longest expression in words.
     max_words: int = 18
+    #: Per-scene ground-scale jitter of object sizes (benchmark scenes only; thresholds stay relative to S).
+    zoom_range: tuple[float, float] = (0.75, 1.3)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-dict form for the metadata."""
