@@ -10,7 +10,7 @@ import numpy as np
 __all__ = ["CLASSES", "GENERATOR_VERSION", "PLURALS", "Instance", "SceneGraph", "SynRSParams"]
 
 #: Bumped whenever the same seed would produce different bytes.
-GENERATOR_VERSION = "synrs-1.0"
+GENERATOR_VERSION = "synrs-1.1"
 
 #: Classes in draw order (later classes are drawn over earlier ones).
 CLASSES: tuple[str, ...] = ("field", "river", "road", "parking lot", "pond", "building", "tree")
