@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import sys
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -96,25 +97,37 @@ def _stage_nodes(cluster: LocalRayCluster, job_id: str) -> dict[str, set[str]]:
     }
 
 
-@pytest.fixture(scope="module")
-def region_inputs(tmp_path_factory: pytest.TempPathFactory, moto_process) -> RegionInputs:
+def _s3_client(env: dict[str, str]):  # noqa: ANN202 (boto3 client)
     import boto3
 
-    root = tmp_path_factory.mktemp("rehearsal-scene")
-    scene = write_scene(root / "cogs", lambda p: str(p), squares=SQUARES, nodata_cols=16)
-    catalog = root / "items.json"
-    catalog.write_text(json.dumps({"type": "FeatureCollection", "features": [scene.item]}))
-    # The same scene in a bucket: the COG (read by GDAL's /vsis3/) and the catalog (read through fsspec).
-    env = moto_process.env
-    bucket = "rehearsal-inputs"
-    s3 = boto3.client(
+    return boto3.client(
         "s3",
         endpoint_url=env["AWS_ENDPOINT_URL"],
         aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
         aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
         region_name=env["AWS_REGION"],
     )
-    s3.create_bucket(Bucket=bucket)
+
+
+@pytest.fixture(scope="module")
+def rehearsal_bucket(moto_process) -> str:
+    """A bucket on the loopback moto server for this module's inputs, outputs and training runs."""
+    bucket = f"rehearsal-{uuid.uuid4().hex[:8]}"
+    _s3_client(moto_process.env).create_bucket(Bucket=bucket)
+    return bucket
+
+
+@pytest.fixture(scope="module")
+def region_inputs(
+    tmp_path_factory: pytest.TempPathFactory, moto_process, rehearsal_bucket: str
+) -> RegionInputs:
+    root = tmp_path_factory.mktemp("rehearsal-scene")
+    scene = write_scene(root / "cogs", lambda p: str(p), squares=SQUARES, nodata_cols=16)
+    catalog = root / "items.json"
+    catalog.write_text(json.dumps({"type": "FeatureCollection", "features": [scene.item]}))
+    # The same scene in a bucket: the COG (read by GDAL's /vsis3/) and the catalog (read through fsspec).
+    bucket = rehearsal_bucket
+    s3 = _s3_client(moto_process.env)
     s3.put_object(Bucket=bucket, Key="cogs/scene.tif", Body=scene.path.read_bytes())
     s3_item = json.loads(json.dumps(scene.item))
     s3_item["assets"]["visual"]["href"] = f"s3://{bucket}/cogs/scene.tif"
@@ -209,7 +222,7 @@ def _train_argv(
         sys.executable, "jobs/train.py", "--address", cluster.gcs_address,
         "--num-workers", "2", "--storage-path", storage_path, "--name", name, "--max-epochs", str(epochs),
         "--data-root", str(data_root),
-        "--set", "model=crobim-tiny", "--set", "data.dataset=synrs",
+        "--set", "model=crobim-tiny", "--set", "model_overrides.input.size=[64, 64]", "--set", "data.dataset=synrs",
         "--set", "data.max_train_samples=8", "--set", "data.max_val_samples=4", "--set", "data.decode_cpus=0.25",
         "--set", "schedule.batch_size=4", "--set", "schedule.val_batch_size=4", "--set", "schedule.log_every_steps=1",
         "--set", "run.cpus_per_worker=0.75",
@@ -221,12 +234,15 @@ def _summary(stdout: str) -> dict:
     return json.loads(stdout[stdout.rindex("\n{") + 1 :])
 
 
+@pytest.mark.timeout(1200)
 def test_training_runs_across_both_nodes_and_resumes_from_s3(
-    ray_cluster: LocalRayCluster, synrs_small: Path
+    ray_cluster: LocalRayCluster, synrs_small: Path, rehearsal_bucket: str
 ) -> None:
-    storage_path = "s3://rehearsal-inputs/train"
+    storage_path = f"s3://{rehearsal_bucket}/train"
     name = "tiny-two-nodes"
-    first = ray_cluster.run(_train_argv(ray_cluster, synrs_small, storage_path, name, epochs=1))
+    first = ray_cluster.run(
+        _train_argv(ray_cluster, synrs_small, storage_path, name, epochs=1), timeout_s=540
+    )
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-6000:]
     summary = _summary(first.stdout)
     assert summary["epochs_done"] == 1 and summary["run"] == f"{storage_path}/{name}"
@@ -250,7 +266,9 @@ def test_training_runs_across_both_nodes_and_resumes_from_s3(
     assert {"config.json", "model.safetensors"} <= set(best)
 
     # Same storage path and name, one more epoch: the run resumes from the checkpoint in S3.
-    second = ray_cluster.run(_train_argv(ray_cluster, synrs_small, storage_path, name, epochs=2))
+    second = ray_cluster.run(
+        _train_argv(ray_cluster, synrs_small, storage_path, name, epochs=2), timeout_s=540
+    )
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-6000:]
     resumed = _summary(second.stdout)
     assert "resuming after epoch 1" in second.stdout + second.stderr
