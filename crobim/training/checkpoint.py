@@ -62,12 +62,15 @@ class TrainerState:
         global_step: optimizer steps taken so far.
         history: one metrics dict per reported epoch (loss, lr, val_* ...), in order.
         train_config: the `TrainConfig` as a dict, for the record.
+        starts: the epoch index at which each (re)start of the worker group began: `[0]` for an
+            uninterrupted run, `[0, 3]` after a resume or a recovered failure during epoch 4.
     """
 
     epochs_done: int = 0
     global_step: int = 0
     history: list[dict[str, float]] = field(default_factory=list)
     train_config: dict[str, Any] = field(default_factory=dict)
+    starts: list[int] = field(default_factory=list)
 
     def to_json(self) -> str:
         """Serialise to JSON."""
@@ -77,6 +80,7 @@ class TrainerState:
                 "global_step": self.global_step,
                 "history": self.history,
                 "train_config": self.train_config,
+                "starts": self.starts,
             },
             indent=2,
         )
@@ -90,6 +94,7 @@ class TrainerState:
             global_step=int(raw["global_step"]),
             history=list(raw.get("history", [])),
             train_config=dict(raw.get("train_config", {})),
+            starts=[int(x) for x in raw.get("starts", [])],
         )
 
 

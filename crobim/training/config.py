@@ -127,6 +127,8 @@ class RunSettings:
         num_workers: Ray Train workers (one DDP rank each).
         use_gpu: one GPU per worker.
         cpus_per_worker: CPUs reserved per training worker.
+        threads_per_worker: torch intra-op threads per worker (`torch.set_num_threads`); None keeps
+            torch's default. One thread per worker avoids oversubscription on small CPU nodes.
         max_failures: worker-failure retries (`FailureConfig`).
         num_to_keep: checkpoints kept (best by `val_oIoU` plus the latest; must be >= 2).
     """
@@ -136,6 +138,7 @@ class RunSettings:
     num_workers: int = 1
     use_gpu: bool = False
     cpus_per_worker: float = 1.0
+    threads_per_worker: int | None = None
     max_failures: int = 3
     num_to_keep: int = 2
 
@@ -144,6 +147,7 @@ class RunSettings:
             raise ValueError(f"run.name = {self.name!r} must be a non-empty name without '/'")
         _check_positive("run", "num_workers", self.num_workers)
         _check_positive("run", "cpus_per_worker", self.cpus_per_worker)
+        _check_positive("run", "threads_per_worker", self.threads_per_worker, allow_none=True)
         if self.max_failures < -1:
             raise ValueError(f"run.max_failures = {self.max_failures!r} must be >= -1 (-1 retries forever)")
         if self.num_to_keep < 2:

@@ -1,0 +1,260 @@
+"""Ray Data input for training (PIPELINE.md §7, DATA_AND_EVAL.md §1): sample references -> decoded batches.
+
+Rows start as references (dataset, root, split, index, sample id, no_target flag), built on the driver
+from the reader's index without reading any pixels. A streaming CPU `map_batches` stage opens the
+reader inside the task, decodes image and mask, resizes and normalises the image with the model's own
+`preprocess_images` settings, resizes the mask with `crobim.transforms.resize_mask` and tokenises the
+expression with the model's tokenizer. Ray Train shards the result to the workers
+(`ray.train.get_dataset_shard`). No process holds the dataset: the driver keeps only the references.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from crobim.config import CroBIMConfig
+from crobim.training.config import DataSettings
+
+__all__ = [
+    "DecodeBatch",
+    "ReferenceSet",
+    "build_reference_set",
+    "decode_references",
+    "make_reader",
+    "to_dataset",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Columns of a decoded batch (numpy), as the training loop reads them.
+BATCH_COLUMNS = ("image", "mask", "input_ids", "attention_mask", "no_target", "index")
+
+
+def make_reader(dataset: str, root: str, split: str, skip_known_bad: bool = True) -> Any:  # noqa: ANN401
+    """Open `crobim.data.<Reader>(root, split)` for a dataset name of `DataSettings.dataset`.
+
+    `skip_known_bad` reaches the readers that publish a skip list (RRSIS-D, RISBench; training split only).
+    """
+    from crobim.data import DATASETS
+
+    if dataset not in DATASETS:
+        raise ValueError(f"dataset {dataset!r} is not one of {sorted(DATASETS)}")
+    if dataset in ("rrsisd", "risbench"):
+        return DATASETS[dataset](root, split, skip_known_bad=skip_known_bad)
+    return DATASETS[dataset](root, split)
+
+
+@functools.lru_cache(maxsize=8)
+def _cached_reader(dataset: str, root: str, split: str, skip_known_bad: bool) -> Any:  # noqa: ANN401
+    return make_reader(dataset, root, split, skip_known_bad)
+
+
+@functools.lru_cache(maxsize=4)
+def _cached_tokenizer(model_config_json: str, tokenizer_dir: str | None) -> Any:  # noqa: ANN401
+    from crobim.weights import build_tokenizer
+
+    cfg = CroBIMConfig.from_json(model_config_json)
+    return build_tokenizer(cfg.text, cfg.weights, directory=tokenizer_dir)
+
+
+@dataclass(frozen=True)
+class ReferenceSet:
+    """References of one split, ready to become a Ray Dataset.
+
+    Attributes:
+        rows: one dict per sample (`dataset`, `root`, `split`, `index`, `sample_id`, `skip_known_bad`,
+            `no_target`).
+        num_target: samples with a referent.
+        num_no_target: samples without one.
+    """
+
+    rows: list[dict[str, Any]]
+    num_target: int
+    num_no_target: int
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+
+def build_reference_set(
+    data: DataSettings, split: str, *, limit: int | None, keep_no_target: bool
+) -> ReferenceSet:
+    """Read a split's index (no pixels) and build its reference rows.
+
+    Args:
+        data: the run's data settings.
+        split: split name.
+        limit: keep the first N samples (after dropping no-target ones, if asked).
+        keep_no_target: keep samples whose annotation has no referent.
+
+    Returns:
+        The references.
+    """
+    reader = make_reader(data.dataset, data.root, split, data.skip_known_bad)
+    rows = []
+    for i in range(len(reader)):
+        rec = reader.record(i)
+        # SynRS keeps the flag in its metadata; the target-only real sets have none (False).
+        no_target = bool(rec.get("no_target", rec.get("synrs", {}).get("no_target", False)))
+        if no_target and not keep_no_target:
+            continue
+        rows.append(
+            {
+                "dataset": data.dataset,
+                "root": str(data.root),
+                "split": split,
+                "index": i,
+                "sample_id": str(rec.get("sample_id", i)),
+                "skip_known_bad": bool(data.skip_known_bad),
+                "no_target": no_target,
+            }
+        )
+        if limit is not None and len(rows) >= limit:
+            break
+    if not rows:
+        raise ValueError(
+            f"{data.dataset} split {split!r} under {data.root!r} has no usable samples "
+            f"(keep_no_target={keep_no_target}, limit={limit})"
+        )
+    n_neg = sum(r["no_target"] for r in rows)
+    return ReferenceSet(rows=rows, num_target=len(rows) - n_neg, num_no_target=n_neg)
+
+
+class DecodeBatch:
+    """Map stage: reference rows -> decoded, resized, normalised, tokenised numpy columns.
+
+    A plain picklable callable (Ray Data runs it in CPU tasks); the reader and tokenizer are opened
+    once per worker process and cached.
+
+    Args:
+        model_config_json: `CroBIMConfig.to_json()` (input size, mean/std, interpolation, max_len).
+        tokenizer_dir: a saved tokenizer folder (from `save_pretrained`); None builds it from the config.
+    """
+
+    def __init__(self, model_config_json: str, tokenizer_dir: str | None = None) -> None:
+        self.model_config_json = model_config_json
+        self.tokenizer_dir = tokenizer_dir
+        cfg = CroBIMConfig.from_json(model_config_json)
+        self.size = tuple(cfg.input.size)
+        self.mean = tuple(cfg.input.mean)
+        self.std = tuple(cfg.input.std)
+        self.interpolation = cfg.input.interpolation
+        self.max_len = cfg.text.max_len
+
+    def tokenize(self, texts: list[str]) -> dict[str, np.ndarray]:
+        """Tokenise like `CroBIM.tokenize` (padded and truncated to `text.max_len`)."""
+        tok = _cached_tokenizer(self.model_config_json, self.tokenizer_dir)
+        enc = tok(
+            list(texts), padding="max_length", truncation=True, max_length=self.max_len, return_tensors="np"
+        )
+        return {
+            "input_ids": enc["input_ids"].astype(np.int64),
+            "attention_mask": enc["attention_mask"].astype(np.int64),
+        }
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        from crobim.transforms import preprocess_images, resize_mask
+
+        images, masks, texts, no_target = [], [], [], []
+        for dataset, root, split, skip, index in zip(
+            batch["dataset"],
+            batch["root"],
+            batch["split"],
+            batch["skip_known_bad"],
+            batch["index"],
+            strict=True,
+        ):
+            sample = _cached_reader(str(dataset), str(root), str(split), bool(skip))[int(index)]
+            images.append(sample.image)
+            masks.append(resize_mask(sample.mask, self.size))
+            texts.append(sample.text)
+            no_target.append(sample.no_target)
+        pixels = preprocess_images(
+            images, size=self.size, mean=self.mean, std=self.std, interpolation=self.interpolation
+        )  # (B, 3, H, W) float32, normalised
+        tokens = self.tokenize(texts)
+        return {
+            "image": pixels.numpy(),
+            "mask": np.stack(masks).astype(np.uint8),
+            "input_ids": tokens["input_ids"],
+            "attention_mask": tokens["attention_mask"],
+            "no_target": np.asarray(no_target, dtype=bool),
+            "index": np.asarray(batch["index"], dtype=np.int64),
+        }
+
+
+@functools.lru_cache(maxsize=4)
+def _cached_stage(model_config_json: str, tokenizer_dir: str | None) -> DecodeBatch:
+    return DecodeBatch(model_config_json, tokenizer_dir)
+
+
+def _decode_stage(
+    batch: dict[str, np.ndarray], *, model_config_json: str, tokenizer_dir: str | None
+) -> dict[str, np.ndarray]:
+    return _cached_stage(model_config_json, tokenizer_dir)(batch)
+
+
+def to_dataset(
+    refs: ReferenceSet,
+    *,
+    model_config_json: str,
+    tokenizer_dir: str | None = None,
+    shuffle_seed: int | None = None,
+    decode_cpus: float = 0.25,
+    decode_batch_size: int = 4,
+    max_blocks: int = 4096,
+) -> Any:  # noqa: ANN401
+    """Turn references into a streaming Ray Dataset of decoded batches.
+
+    Args:
+        refs: the references.
+        model_config_json: the model config (sizes, tokenizer) as JSON.
+        tokenizer_dir: saved tokenizer folder, or None to build it from the config.
+        shuffle_seed: reshuffle the references before decoding: each execution (epoch) gets a new,
+            seeded block order (`randomize_block_order` with `RandomSeedConfig(reseed_after_execution=True)`);
+            with one reference per block (up to `max_blocks` references) that is a full permutation. The
+            execution index restarts with the driver, so a resumed run replays the first epochs' orders.
+            None keeps the file order.
+        decode_cpus: CPUs per decode task.
+        decode_batch_size: references decoded per task call.
+        max_blocks: at most this many input blocks (one reference each up to this size).
+
+    Returns:
+        A `ray.data.Dataset` with columns `BATCH_COLUMNS`.
+    """
+    import ray.data
+    from ray.data import RandomSeedConfig
+
+    rows = refs.rows
+    num_blocks = min(len(rows), max_blocks)
+    if shuffle_seed is not None and num_blocks < len(rows):
+        # Blocks hold several references: mix them once so every block is a random subset.
+        order = np.random.default_rng(shuffle_seed).permutation(len(rows))
+        rows = [rows[i] for i in order]
+    ds = ray.data.from_items(rows, override_num_blocks=num_blocks)
+    if shuffle_seed is not None:
+        # A new seeded block order per execution (= per epoch); no all-to-all shuffle of the data.
+        ds = ds.randomize_block_order(seed=RandomSeedConfig(seed=shuffle_seed, reseed_after_execution=True))
+    return ds.map_batches(
+        _decode_stage,
+        fn_kwargs={"model_config_json": model_config_json, "tokenizer_dir": tokenizer_dir},
+        batch_size=decode_batch_size,
+        num_cpus=decode_cpus,
+        batch_format="numpy",
+    )
+
+
+def decode_references(
+    refs: ReferenceSet, *, model_config_json: str, tokenizer_dir: str | None = None
+) -> dict[str, np.ndarray]:
+    """Decode references in-process (no Ray): the same stage, for evaluation helpers and tests."""
+    batch = {
+        k: np.asarray([r[k] for r in refs.rows])
+        for k in ("dataset", "root", "split", "skip_known_bad", "index", "no_target")
+    }
+    return DecodeBatch(model_config_json, tokenizer_dir)(batch)

@@ -1,0 +1,246 @@
+"""Driver side of a training run: datasets, `TorchTrainer` wiring, and export of the best checkpoint.
+
+PIPELINE.md §7. `run_training(cfg)` builds the reference datasets, starts Ray Train with
+`CheckpointConfig(num_to_keep, checkpoint_score_attribute="val_oIoU", checkpoint_score_order="max")`
+and `FailureConfig(max_failures)`, and after `fit()` exports the best checkpoint with
+`save_pretrained` to `<storage_path>/<name>/best/`, with `metrics.csv` and `curves.png` beside it.
+Re-running with the same storage path and name resumes from the latest checkpoint (Train V2).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from crobim.training.config import TrainConfig, build_model_config
+from crobim.training.data import build_reference_set, to_dataset
+
+__all__ = ["TrainingSummary", "build_data_config", "build_run_config", "build_trainer", "run_training"]
+
+logger = logging.getLogger(__name__)
+
+BEST_DIR = "best"
+METRICS_CSV = "metrics.csv"
+CURVES_PNG = "curves.png"
+
+
+@dataclass
+class TrainingSummary:
+    """What a finished run produced.
+
+    Attributes:
+        run_uri: `<storage_path>/<name>`.
+        best_uri: the exported `best/` folder.
+        best_metrics: metrics of the best epoch (by `val_oIoU`).
+        history: one metrics dict per epoch, in order.
+        epochs_done: completed epochs.
+        global_step: optimizer steps taken.
+    """
+
+    run_uri: str
+    best_uri: str
+    best_metrics: dict[str, float]
+    history: list[dict[str, float]]
+    epochs_done: int
+    global_step: int
+
+
+def _is_remote(uri: str) -> bool:
+    return "://" in uri and not uri.startswith("file://")
+
+
+def _join(uri: str, *parts: str) -> str:
+    if _is_remote(uri):
+        return "/".join([uri.rstrip("/"), *parts])
+    return str(Path(uri).joinpath(*parts))
+
+
+def build_data_config() -> Any:  # noqa: ANN401
+    """`DataConfig` splitting `train` equally (every rank runs the same number of steps, in file order
+    when preserved) and `val` without the equal-size truncation, so every validation sample is scored once."""
+    from ray.data import ExecutionOptions
+    from ray.train import DataConfig
+
+    class _TrainValDataConfig(DataConfig):
+        def configure(  # noqa: ANN202
+            self,
+            datasets: dict[str, Any],
+            world_size: int,
+            worker_handles: Any,  # noqa: ANN401
+            worker_node_ids: Any,  # noqa: ANN401
+            **kwargs: Any,  # noqa: ANN401
+        ):
+            out = [{} for _ in range(world_size)]
+            hints = worker_node_ids if self._enable_shard_locality else None
+            for name, ds in datasets.items():
+                ds = ds.copy(ds)
+                ds.context.execution_options = self._resolve_execution_options(name)
+                for i, split in enumerate(
+                    ds.streaming_split(world_size, equal=(name == "train"), locality_hints=hints)
+                ):
+                    out[i][name] = split
+            return out
+
+    options = ExecutionOptions(preserve_order=True)
+    return _TrainValDataConfig(
+        execution_options={"train": options, "val": ExecutionOptions(preserve_order=True)}
+    )
+
+
+def build_run_config(cfg: TrainConfig, callbacks: list[Any] | None = None) -> Any:  # noqa: ANN401
+    """`RunConfig` with the checkpoint policy (best by `val_oIoU` + latest) and worker-failure retries."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig
+
+    storage = cfg.run.storage_path
+    kwargs: dict[str, Any] = {}
+    if _is_remote(storage):
+        from pipelines.storage import arrow_fs
+
+        fs, path = arrow_fs(storage)
+        kwargs = {"storage_path": path, "storage_filesystem": fs}
+    else:
+        kwargs = {"storage_path": str(Path(storage).expanduser().resolve())}
+    return RunConfig(
+        name=cfg.run.name,
+        failure_config=FailureConfig(max_failures=cfg.run.max_failures),
+        checkpoint_config=CheckpointConfig(
+            num_to_keep=cfg.run.num_to_keep,
+            checkpoint_score_attribute="val_oIoU",
+            checkpoint_score_order="max",
+        ),
+        callbacks=callbacks or [],
+        **kwargs,
+    )
+
+
+def _progress_callback() -> Any:  # noqa: ANN401
+    from ray.train import UserCallback
+
+    class _Progress(UserCallback):
+        """Prints one line per reported epoch on the driver console."""
+
+        def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any) -> None:  # noqa: ANN401
+            m = metrics[0] if metrics else {}
+            logger.info(
+                "epoch %d step %d | loss %.4f | val oIoU %.2f mIoU %.2f gIoU %.2f N-acc %.2f T-acc %.2f | %.0f samples/s",
+                int(m.get("epoch", 0)),
+                int(m.get("step", 0)),
+                m.get("loss", float("nan")),
+                100 * m.get("val_oIoU", float("nan")),
+                100 * m.get("val_mIoU", float("nan")),
+                100 * m.get("val_giou_gres", float("nan")),
+                100 * m.get("val_N_acc", float("nan")),
+                100 * m.get("val_T_acc", float("nan")),
+                m.get("train_samples_per_s", float("nan")),
+            )
+
+    return _Progress()
+
+
+def build_trainer(cfg: TrainConfig, *, callbacks: list[Any] | None = None) -> Any:  # noqa: ANN401
+    """Build the `TorchTrainer` for a run (datasets of references, loop config, scaling, run config)."""
+    from ray.data import DataContext
+    from ray.train import ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from crobim.training.loop import train_loop_per_worker
+
+    model_cfg = build_model_config(cfg)
+    keep_negatives = bool(model_cfg.presence.enabled and cfg.data.negatives)
+    train_refs = build_reference_set(
+        cfg.data, cfg.data.train_split, limit=cfg.data.max_train_samples, keep_no_target=keep_negatives
+    )
+    val_refs = build_reference_set(
+        cfg.data, cfg.data.val_split, limit=cfg.data.max_val_samples, keep_no_target=True
+    )
+    logger.info(
+        "train: %d samples (%d no-target), val: %d samples (%d no-target); global batch %d = %d workers x %d x %d accum",
+        len(train_refs),
+        train_refs.num_no_target,
+        len(val_refs),
+        val_refs.num_no_target,
+        cfg.schedule.batch_size,
+        cfg.run.num_workers,
+        cfg.micro_batch_size,
+        cfg.schedule.grad_accum_steps,
+    )
+    # Per-operator progress bars from every worker's split would drown the per-epoch progress lines.
+    DataContext.get_current().enable_progress_bars = False
+    tokenizer_dir = str(Path(cfg.init_weights) / "tokenizer") if cfg.init_weights else None
+    model_json = model_cfg.to_json()
+    shuffle_seed = cfg.schedule.seed if cfg.data.shuffle else None
+    datasets = {
+        "train": to_dataset(
+            train_refs,
+            model_config_json=model_json,
+            tokenizer_dir=tokenizer_dir,
+            shuffle_seed=shuffle_seed,
+            decode_cpus=cfg.data.decode_cpus,
+        ),
+        "val": to_dataset(
+            val_refs,
+            model_config_json=model_json,
+            tokenizer_dir=tokenizer_dir,
+            decode_cpus=cfg.data.decode_cpus,
+        ),
+    }
+    loop_config = {
+        "train": cfg.to_dict(),
+        "model": model_cfg.to_dict(),
+        "num_train": len(train_refs),
+    }
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=loop_config,
+        scaling_config=ScalingConfig(
+            num_workers=cfg.run.num_workers,
+            use_gpu=cfg.run.use_gpu,
+            resources_per_worker={"CPU": cfg.run.cpus_per_worker} | ({"GPU": 1} if cfg.run.use_gpu else {}),
+        ),
+        run_config=build_run_config(cfg, callbacks=[_progress_callback(), *(callbacks or [])]),
+        datasets=datasets,
+        dataset_config=build_data_config(),
+    )
+
+
+def _best_checkpoint(result: Any) -> Any:  # noqa: ANN401
+    best = [(c, m) for c, m in (result.best_checkpoints or []) if "val_oIoU" in m]
+    if not best:
+        if result.checkpoint is None:
+            raise RuntimeError("the run reported no checkpoint; nothing to export")
+        return result.checkpoint
+    return max(best, key=lambda cm: (cm[1]["val_oIoU"], cm[1].get("epoch", 0)))[0]
+
+
+def export_run(result: Any, cfg: TrainConfig) -> TrainingSummary:  # noqa: ANN401
+    """Export the best checkpoint with `save_pretrained`, plus `metrics.csv` and `curves.png`."""
+    from crobim.training.export import export_best
+
+    run_uri = _join(cfg.run.storage_path, cfg.run.name)
+    best = _best_checkpoint(result)
+    latest = result.checkpoint or best
+    with best.as_directory() as best_dir, latest.as_directory() as latest_dir:
+        return export_best(Path(best_dir), Path(latest_dir), run_uri)
+
+
+def run_training(cfg: TrainConfig) -> TrainingSummary:
+    """Train (or resume) a run and export its best checkpoint.
+
+    Args:
+        cfg: the run configuration.
+
+    Returns:
+        The summary (paths, best metrics, history).
+
+    Raises:
+        ray.train.TrainingFailedError: when workers fail more often than `run.max_failures`.
+    """
+    os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+    trainer = build_trainer(cfg)
+    result = trainer.fit()
+    if result.error is not None:
+        raise result.error
+    return export_run(result, cfg)
