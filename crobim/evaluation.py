@@ -89,6 +89,9 @@ class EvaluationResult:
     samples: list[SampleResult]
     best: list[tuple[SampleResult, np.ndarray]] = field(default_factory=list)
     worst: list[tuple[SampleResult, np.ndarray]] = field(default_factory=list)
+    #: With a presence head: the metrics with gating off and on (same forward passes), keyed
+    #: ``"ungated"`` / ``"gated"``; ``metrics`` is the one that was asked for.
+    variants: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 def _upsample(logits: Any, size: tuple[int, int]) -> Any:  # noqa: ANN401 - torch tensors
@@ -155,6 +158,8 @@ def evaluate(
     size = (int(model.config.input.size[0]), int(model.config.input.size[1]))
     n = n_total if limit is None else min(limit, n_total)
     metrics = ReferringMetrics(empty_area=empty_area)
+    # The other gating mode, scored from the same forward passes (DATA_AND_EVAL.md §8: report both).
+    other = ReferringMetrics(empty_area=empty_area) if presence_on else None
     results: list[SampleResult] = []
     best: list[tuple[float, int, np.ndarray]] = []  # min-heap of the k best (score, -index, packed mask)
     worst: list[tuple[float, int, np.ndarray]] = []  # min-heap on -score: the k worst
@@ -171,6 +176,11 @@ def evaluate(
             no_target = bool(sample.meta.get("no_target", False))
             category = sample.meta.get("category")
             iou = float(metrics.update(pred, gt, no_target=no_target, category=category))  # type: ignore[arg-type]
+            if other is not None:
+                alt = (
+                    binary_mask(output, gate_presence=not gate_presence, threshold=threshold)[0].cpu().numpy()
+                )
+                other.update(alt, gt, no_target=no_target, category=category)  # type: ignore[arg-type]
             pred_area = int(pred.sum())
             score = (1.0 if pred_area <= empty_area else 0.0) if no_target else iou
             p = float(presence_probability(output)[0]) if presence_on else None
@@ -212,7 +222,16 @@ def evaluate(
         "limited": n < n_total,
         "model": model.config.name if hasattr(model.config, "name") else None,
     }
-    return EvaluationResult(metrics.compute(), protocol, results, unpack(best, True), unpack(worst, True))
+    primary = metrics.compute()
+    variants: dict[str, dict[str, Any]] = {}
+    if other is not None:
+        alt_metrics = other.compute()
+        variants = (
+            {"gated": primary, "ungated": alt_metrics}
+            if gate_presence
+            else {"ungated": primary, "gated": alt_metrics}
+        )
+    return EvaluationResult(primary, protocol, results, unpack(best, True), unpack(worst, True), variants)
 
 
 def _pct(value: float | None) -> str:
@@ -247,6 +266,24 @@ def format_markdown(result: EvaluationResult, title: str = "Evaluation") -> str:
     lines.append("| " + " | ".join(names.get(c, c) for c in header) + " |")
     lines.append("|" + "|".join("---:" for _ in header) + "|")
     lines.append("| " + " | ".join(_pct(m[c]) for c in header) + " |")
+    if result.variants:
+        thr = p["presence_threshold"]
+        lines += [
+            "",
+            f"## Presence gating (threshold {thr}; the table above is the {'gated' if p['gate_presence'] else 'ungated'} run)",
+            "",
+        ]
+        lines.append(
+            "| gating | " + " | ".join(names.get(c, c) for c in cols + ["N-acc", "T-acc", "giou_gres"]) + " |"
+        )
+        lines.append("|---|" + "|".join("---:" for _ in cols + ["N-acc", "T-acc", "giou_gres"]) + "|")
+        for mode in ("ungated", "gated"):
+            vm = result.variants[mode]
+            lines.append(
+                f"| {mode} | "
+                + " | ".join(_pct(vm[c]) for c in cols + ["N-acc", "T-acc", "giou_gres"])
+                + " |"
+            )
     if "per_category" in m:
         lines += ["", "## Per category", ""]
         lines.append("| category | N | " + " | ".join(names.get(c, c) for c in header) + " |")
@@ -314,7 +351,12 @@ def write_report(
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    doc = {"metrics": result.metrics, "protocol": result.protocol, **(extra or {})}
+    doc = {
+        "metrics": result.metrics,
+        "protocol": result.protocol,
+        "variants": result.variants,
+        **(extra or {}),
+    }
     paths = {
         "metrics.json": out / "metrics.json",
         "metrics.md": out / "metrics.md",

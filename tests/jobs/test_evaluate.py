@@ -59,6 +59,10 @@ def test_evaluate_synrs_writes_reports(tiny_checkpoint, synrs_small, tmp_path, c
     if n_nt:
         assert cols[7:] == ["N-acc", "T-acc", "gIoU (GRES)"]
     assert "not comparable with published tables" in md
+    # The presence head is on: both gating modes are reported from the same passes.
+    assert set(doc["variants"]) == {"gated", "ungated"} and doc["variants"]["ungated"] == m
+    assert doc["variants"]["gated"]["count"] == 16 and "| gated |" in md
+    assert doc["variants"]["gated"]["T-acc"] <= m["T-acc"]  # gating can only empty masks
     values = md.splitlines()[md.splitlines().index(header) + 2]
     assert f"{100 * m['mIoU']:.2f}" in values
     png = (out / "examples.png").read_bytes()
