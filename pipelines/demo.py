@@ -50,7 +50,7 @@ DEMO_VERSION = "1"
 #: objects have the sizes it knows.
 DEMO_REGION: dict[str, Any] = {
     "seed": 2024,
-    "size_px": 3072,
+    "size_px": 2048,
     "gsd_m": 1.0,
     "crs": "EPSG:32633",
     "origin": (500_000.0, 5_000_000.0),
@@ -166,7 +166,7 @@ def apply_demo(args: Any, cache: str | os.PathLike[str] | None = None) -> DemoSe
     """Fill the region job's unset arguments with the demo's (``--demo``); the user's own flags win.
 
     Sets ``catalog`` (unless ``stac_url`` or ``catalog`` is given), ``bbox``, ``model``, ``query``, ``out``
-    (``out/demo``) and ``html``.
+    (``out/demo``), ``torch_threads`` (the machine's cores, at most 8) and ``html``.
 
     Args:
         args: the parsed ``jobs/infer_region.py`` arguments (an ``argparse.Namespace``), changed in place.
@@ -186,6 +186,9 @@ def apply_demo(args: Any, cache: str | os.PathLike[str] | None = None) -> DemoSe
         args.query = list(DEMO_QUERIES)
     if args.out is None:
         args.out = _DEFAULT_OUT
+    if getattr(args, "torch_threads", None) is None:
+        # One inference actor on a small machine: let torch use its cores (reads are short and few).
+        args.torch_threads = max(1, min(os.cpu_count() or 1, 8))
     args.html = True
     return setup
 

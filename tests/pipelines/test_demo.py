@@ -108,7 +108,7 @@ def test_apply_demo_fills_only_unset_arguments(small_demo, tmp_path):
     from pipelines import demo
 
     args = argparse.Namespace(
-        stac_url=None, catalog=None, bbox=None, model=None, query=[], out=None, html=False
+        stac_url=None, catalog=None, bbox=None, model=None, query=[], out=None, html=False, torch_threads=None
     )
     model_dir = tmp_path / "model"
     try:
@@ -121,6 +121,7 @@ def test_apply_demo_fills_only_unset_arguments(small_demo, tmp_path):
     assert args.catalog == str(setup.catalog) and args.bbox == list(setup.bbox)
     assert args.model == (expected_model or str(model_dir))
     assert args.query == list(demo.DEMO_QUERIES) and args.out == "out/demo" and args.html is True
+    assert args.torch_threads >= 1
     # The user's own flags win; a STAC API replaces the demo catalog.
     args = argparse.Namespace(
         stac_url="http://127.0.0.1:1",
@@ -130,8 +131,10 @@ def test_apply_demo_fills_only_unset_arguments(small_demo, tmp_path):
         query=["x"],
         out="o",
         html=False,
+        torch_threads=1,
     )
     demo.apply_demo(args)
+    assert args.torch_threads == 1
     assert (args.catalog, args.bbox, args.model, args.query, args.out) == (
         None,
         [1, 2, 3, 4],
