@@ -67,10 +67,24 @@ def evaluate(model, reader, *, shuffle_seed: int | None, gate: bool, batch: int 
 
 
 def export_demo(best_dir: Path, out: Path) -> int:
+    """Copy best/ with its float weights stored as fp16 (config and text-encoder config stay fp32; the loader
+    casts on load), then check that it loads."""
+    import shutil
+
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
     from crobim import CroBIM
 
-    model = CroBIM.from_pretrained(best_dir).half()
-    model.save_pretrained(out)
+    if out.exists():
+        shutil.rmtree(out)
+    shutil.copytree(best_dir, out, ignore=shutil.ignore_patterns("training_metrics.json"))
+    weights = out / "model.safetensors"
+    with safe_open(str(weights), framework="pt") as handle:
+        metadata = handle.metadata() or {}
+    tensors = {k: (v.half() if v.is_floating_point() else v) for k, v in load_file(str(weights)).items()}
+    save_file(tensors, str(weights), metadata=metadata)
+    CroBIM.from_pretrained(out)
     return sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
 
 

@@ -1,0 +1,62 @@
+"""Training input: references without pixels, negatives policy, and the decode stage matching the model's own
+tokenisation and preprocessing."""
+
+import numpy as np
+import pytest
+import torch
+
+from crobim.training.config import DataSettings, TrainConfig, build_model_config
+from crobim.training.data import DecodeBatch, build_reference_set, decode_references
+
+
+@pytest.fixture(scope="module")
+def synrs_root(tmp_path_factory):
+    from crobim.data.synrs.writer import write_dataset
+
+    root = tmp_path_factory.mktemp("synrs-data")
+    write_dataset(root, seed=1, counts={"train": 24, "val": 8}, size=64, overwrite=True)
+    return root
+
+
+def test_references_and_negatives(synrs_root):
+    data = DataSettings(dataset="synrs", root=str(synrs_root))
+    every = build_reference_set(data, "train", limit=None, keep_no_target=True)
+    targets = build_reference_set(data, "train", limit=None, keep_no_target=False)
+    assert len(every) == 24 and every.num_no_target > 0
+    assert len(targets) == every.num_target and targets.num_no_target == 0
+    assert set(every.rows[0]) == {
+        "dataset",
+        "root",
+        "split",
+        "index",
+        "sample_id",
+        "skip_known_bad",
+        "no_target",
+    }
+    assert len(build_reference_set(data, "val", limit=3, keep_no_target=True)) == 3
+
+
+def test_decode_matches_the_model(synrs_root):
+    import crobim
+    from crobim.data import SynRS
+    from crobim.transforms import resize_mask
+
+    cfg = TrainConfig(
+        data=DataSettings(dataset="synrs", root=str(synrs_root)), model_overrides={"input.size": [64, 64]}
+    )
+    model_cfg = build_model_config(cfg)
+    refs = build_reference_set(cfg.data, "val", limit=4, keep_no_target=True)
+    batch = decode_references(refs, model_config_json=model_cfg.to_json())
+    assert batch["image"].shape == (4, 3, 64, 64) and batch["image"].dtype == np.float32
+    assert batch["input_ids"].shape == (4, model_cfg.text.max_len)
+    model = crobim.build_model(model_cfg)
+    reader = SynRS(synrs_root, "val")
+    samples = [reader[i] for i in range(4)]
+    expected = model.tokenize([s.text for s in samples])
+    np.testing.assert_array_equal(batch["input_ids"], expected["input_ids"].numpy())
+    np.testing.assert_array_equal(batch["attention_mask"], expected["attention_mask"].numpy())
+    torch.testing.assert_close(torch.from_numpy(batch["image"]), model.preprocess([s.image for s in samples]))
+    for i, s in enumerate(samples):
+        np.testing.assert_array_equal(batch["mask"][i].astype(bool), resize_mask(s.mask, (64, 64)))
+        assert bool(batch["no_target"][i]) == s.no_target
+    assert DecodeBatch(model_cfg.to_json()).max_len == model_cfg.text.max_len
