@@ -80,6 +80,12 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--overwrite", action="store_true", help="delete an existing --out first")
     r.add_argument("--dry-run", action="store_true", help="print the plan as JSON and exit")
     r.add_argument("--html", action="store_true", help="also write map.html (offline Leaflet map)")
+    r.add_argument(
+        "--demo",
+        action="store_true",
+        help="offline quickstart: demo region (generated on first use, cached), its catalog, the shipped demo "
+        "model, default queries, out/demo, map.html and a precision/recall report; flags you give win",
+    )
     r.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p
 
@@ -172,7 +178,12 @@ def main(argv: list[str] | None = None) -> int:
     from pipelines.errors import PipelineError
     from pipelines.provenance import FingerprintMismatchError
 
+    demo = None
     try:
+        if args.demo:
+            from pipelines.demo import apply_demo
+
+            demo = apply_demo(args)
         config = config_from_args(args)
         if args.dry_run:
             from pipelines.region import plan_region
@@ -187,6 +198,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error ({kind}): {exc}", file=sys.stderr)
         return 2
     _print_summary(result)
+    if demo is not None:
+        from pipelines.demo import format_demo_report, write_demo_report
+
+        print(format_demo_report(write_demo_report(config.out, demo, list(config.queries), config.bbox)))
     return 0 if result.ok else 1
 
 

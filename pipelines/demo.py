@@ -45,17 +45,17 @@ logger = logging.getLogger(__name__)
 #: Bump when the demo region recipe changes (the cache folder is per version).
 DEMO_VERSION = "1"
 
-#: The demo region: arguments of ``pipelines.synthetic_region.make_region``. A 2 x 2 grid of items (a mosaic for
-#: the reader), 1 m pixels in UTM 33N; ``unit_px`` is the SynRS scene side the demo model was trained at, so
-#: objects have the sizes it knows.
+#: The demo region: arguments of ``pipelines.synthetic_region.make_region``. 3 km x 3 km, a 2 x 2 grid of items
+#: (a mosaic for the reader), 2 m pixels in UTM 33N; ``unit_px`` is the SynRS scene side the demo model was
+#: trained at (``configs/synrs-learning.yaml``: 96 px), so objects have the sizes it knows.
 DEMO_REGION: dict[str, Any] = {
     "seed": 2024,
-    "size_px": 2048,
-    "gsd_m": 1.0,
+    "size_px": 1536,
+    "gsd_m": 2.0,
     "crs": "EPSG:32633",
     "origin": (500_000.0, 5_000_000.0),
     "n_items": (2, 2),
-    "unit_px": 320,
+    "unit_px": 96,
 }
 
 #: Default demo queries. The first is the headline of the report; each has a truth rule in ``_TRUTH_RULES``.
