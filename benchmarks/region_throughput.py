@@ -79,11 +79,21 @@ def run_region(scene, ckpt: Path, out: Path, queries: list[str], args) -> dict:
     with PeakRSS() as mem:
         result = run_region(config)
     assert result.ok, result.failures
+    # Steady state: tiles of every chunk but the first over the span between the first and last done marker
+    # (excludes worker and actor start-up, which a long run amortises).
+    done = sorted((out / "_state" / "done").glob("*.json"), key=lambda f: f.stat().st_mtime)
+    times = [f.stat().st_mtime for f in done]
+    tiles = [json.loads(f.read_text())["n_tiles"] for f in done]
+    steady = (
+        sum(tiles[1:]) / (times[-1] - times[0]) if len(done) > 1 and times[-1] > times[0] else float("nan")
+    )
     return {
         "tiles": result.counts["tiles"],
         "chunks": result.counts["chunks"]["done"],
         "pipeline_s": result.timings_s["pipeline_s"],
         "tiles_per_s": result.counts["tiles"] / result.timings_s["pipeline_s"],
+        "steady_tiles_per_s": steady,
+        "actor_infer_s": result.timings_s["infer_actor_s"],
         "km2_per_h": result.timings_s["km2_per_h"],
         "peak_rss_mb": mem.peak / 2**20,
         "polygons": result.counts["polygons"],
@@ -177,9 +187,13 @@ def main() -> None:
     results["ratios"] = {
         "pipeline_efficiency_4x": r["region_4x_q1"]["tiles_per_s"] / r["bare_4x_q1"]["tiles_per_s"],
         "pipeline_efficiency_1x": r["region_1x_q1"]["tiles_per_s"] / r["bare_1x_q1"]["tiles_per_s"],
+        "steady_state_efficiency_4x": r["region_4x_q1"]["steady_tiles_per_s"]
+        / r["bare_4x_q1"]["tiles_per_s"],
         "peak_memory_4x_over_1x": r["region_4x_q1"]["peak_rss_mb"] / r["region_1x_q1"]["peak_rss_mb"],
         "queries_4_over_1_end_to_end": r["region_1x_q4"]["pipeline_s"] / r["region_1x_q1"]["pipeline_s"],
         "queries_4_over_1_bare_predict": r["bare_1x_q4"]["predict_s"] / r["bare_1x_q1"]["predict_s"],
+        "queries_4_over_1_actor_infer": r["region_1x_q4"]["actor_infer_s"]
+        / r["region_1x_q1"]["actor_infer_s"],
     }
     results["load_avg_end"] = os.getloadavg()
     text = json.dumps(results, indent=2, default=float)
