@@ -18,7 +18,13 @@ from safetensors.torch import load_file
 
 from crobim.training.checkpoint import read_trainer_state
 
-__all__ = ["export_best", "load_model_from_checkpoint", "plot_curves", "write_metrics_csv"]
+__all__ = [
+    "export_best",
+    "export_local_run",
+    "load_model_from_checkpoint",
+    "plot_curves",
+    "write_metrics_csv",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -139,3 +145,24 @@ def export_best(best_dir: Path, latest_dir: Path, run_uri: str) -> Any:  # noqa:
         epochs_done=latest_state.epochs_done,
         global_step=latest_state.global_step,
     )
+
+
+def export_local_run(run_dir: str | Path) -> Any:  # noqa: ANN401
+    """Export a local run folder without Ray (e.g. after the driver was stopped): best by `val_oIoU` among the
+    complete `checkpoint_*` folders, history from the one with the most steps.
+
+    Raises:
+        FileNotFoundError: if the folder holds no complete checkpoint.
+    """
+    folder = Path(run_dir)
+    complete = []
+    for ckpt in sorted(p for p in folder.glob("checkpoint_*") if p.is_dir()):
+        try:
+            complete.append((ckpt, read_trainer_state(ckpt)))
+        except FileNotFoundError:
+            logger.warning("skipping incomplete checkpoint %s", ckpt)
+    if not complete:
+        raise FileNotFoundError(f"no complete checkpoint_* folder under {str(folder)!r}")
+    best = max(complete, key=lambda cs: (cs[1].history[-1].get("val_oIoU", float("-inf")), cs[1].global_step))
+    latest = max(complete, key=lambda cs: cs[1].global_step)
+    return export_best(best[0], latest[0], str(folder))

@@ -88,6 +88,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         logging.getLogger("crobim").addHandler(handler)
         logging.getLogger("crobim").setLevel(logging.INFO)
+        logging.getLogger("crobim").propagate = False  # Ray's root handler would print every line twice
     cfg = TrainConfig.from_dict(loop_config["train"])
     model_cfg = CroBIMConfig.from_dict(loop_config["model"])
     ctx = ray.train.get_context()
@@ -149,6 +150,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         seed_everything(epoch_seed(sched.seed, epoch, rank))
         ddp_model.train()
         t0 = time.perf_counter()
+        cpu0 = time.process_time()
         loss_sum, loss_parts_sum, n_micro, n_samples = 0.0, {}, 0, 0
         steps_this_epoch = 0
         micro_in_group = 0
@@ -201,8 +203,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 break
         train_time = time.perf_counter() - t0
         part_names = sorted(loss_parts_sum)
+        cpu_time = time.process_time() - cpu0
         reduced = _all_reduce_mean(
-            [loss_sum / max(n_micro, 1), n_samples / max(train_time, 1e-9)]
+            [loss_sum / max(n_micro, 1), n_samples / max(train_time, 1e-9), cpu_time]
             + [loss_parts_sum[k] / max(n_micro, 1) for k in part_names],
             device,
         )
@@ -218,7 +221,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             "train_samples_per_s": reduced[1] * world,
             "epoch_time_s": time.perf_counter() - t0,
         }
-        metrics.update({f"loss_{k}": v for k, v in zip(part_names, reduced[2:], strict=True)})
+        # CPU seconds of the training processes (summed over workers): load-independent cost of the epoch.
+        metrics["train_cpu_s"] = reduced[2] * world
+        metrics.update({f"loss_{k}": v for k, v in zip(part_names, reduced[3:], strict=True)})
         metrics.update(val_metrics)
         metrics = {
             k: (float(v) if not isinstance(v, float) or math.isfinite(v) else float("nan"))
