@@ -151,12 +151,9 @@ class PredictorActor:
         self.load_s = time.perf_counter() - start
         self.queries = list(queries)
         self.lattice = TileLattice(**lattice)
-        if self.predictor.tile_size != self.lattice.tile_size_px and not hasattr(self.predictor, "model"):
+        if self.predictor.tile_size != self.lattice.tile_size_px:  # --tile-size overrides the model's
             logger.info(
-                "predictor tile_size %d differs from the lattice's %d; tiles are %d px",
-                self.predictor.tile_size,
-                self.lattice.tile_size_px,
-                self.lattice.tile_size_px,
+                "predictor tile_size %d; tiles are %d px", self.predictor.tile_size, self.lattice.tile_size_px
             )
         self.blend = blend
         self.batch_size = int(batch_size)
