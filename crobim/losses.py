@@ -36,6 +36,8 @@ def dice_per_sample(prob: Tensor, target: Tensor, smooth: float) -> Tensor:
 class CroBIMLoss(nn.Module):
     """Mask loss (+ presence loss when the model has the presence head)."""
 
+    class_weights: Tensor
+
     def __init__(self, config: CroBIMConfig) -> None:
         super().__init__()
         self.loss = config.loss

@@ -110,14 +110,14 @@ def _random_bert_config(text: TextConfig) -> Any:
     )
 
 
-def _drop_pooler(model: nn.Module) -> nn.Module:
+def _drop_pooler(model: Any) -> Any:
     if getattr(model, "pooler", None) is not None:
         # The pooler is never called; a module that gets no gradient must not stay trainable (MODEL.md §6).
         model.pooler = None
     return model
 
 
-def build_text_encoder(text: TextConfig, weights: WeightsConfig, *, encoder_config: Any = None) -> nn.Module:
+def build_text_encoder(text: TextConfig, weights: WeightsConfig, *, encoder_config: Any = None) -> Any:
     """The transformers encoder without its pooler.
 
     Args:

@@ -28,7 +28,7 @@ def create_timm_features(
     drop_path_rate: float,
     model_kwargs: dict[str, Any] | None = None,
     pretrained_kwargs: dict[str, Any] | None = None,
-) -> nn.Module:
+) -> Any:
     """``timm.create_model(name, features_only=True, ...)``, passing ``img_size`` to fixed-size families (Swin).
 
     Args:
@@ -89,10 +89,10 @@ class Backbone(nn.Module):
     """
 
     def __init__(
-        self, body: nn.Module, *, out_norm: bool, stage_fusions: Sequence[StageLanguageFusion] | None = None
+        self, body: Any, *, out_norm: bool, stage_fusions: Sequence[StageLanguageFusion] | None = None
     ) -> None:
         super().__init__()
-        self.body = body
+        self.body: Any = body  # a timm FeatureListNet
         self.channels: tuple[int, ...] = tuple(body.feature_info.channels())
         self.reductions: tuple[int, ...] = tuple(body.feature_info.reduction())
         fmt = getattr(body, "output_fmt", "NCHW")

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, cast
 
 import torch
 import torch.nn.functional as F
@@ -142,6 +142,9 @@ class LGFA(nn.Module):
         elif compensation == "se":
             self.sentence_se = MLP(text_dim, dim, dim, act_layer=nn.ReLU)
 
+    def _scale_modules(self) -> list[PixelWordAttention]:
+        return [cast(PixelWordAttention, scale) for scale in self.scales]
+
     def prepare(self, features: Sequence[Tensor], out_size: tuple[int, int]) -> LGFAImageState:
         """Image-only part for B images.
 
@@ -152,7 +155,7 @@ class LGFA(nn.Module):
         Returns:
             The state that ``forward`` consumes (index it to the image-query pairs first).
         """
-        prepared = [scale.prepare(f) for scale, f in zip(self.scales, features, strict=True)]
+        prepared = [scale.prepare(f) for scale, f in zip(self._scale_modules(), features, strict=True)]
         residual_up = [_resize(p[0], out_size) for p in prepared]  # (B, d, Hi, Wi) -> (B, d, h, w)
         if self.compensation == "complementary":
             return LGFAImageState(prepared=prepared, visual=None, residual_up=residual_up)
@@ -174,7 +177,7 @@ class LGFA(nn.Module):
             V* (N, d, h, w) and the per-scale word attentions A_i (N, Hi*Wi, L).
         """
         fused, attns, attn_peaks = [], [], []
-        for scale, prepared in zip(self.scales, state.prepared, strict=True):
+        for scale, prepared in zip(self._scale_modules(), state.prepared, strict=True):
             f_prime, attn = scale.fuse(prepared, words, word_mask)
             n, _, hi, wi = f_prime.shape
             peak = attn.max(dim=-1).values.reshape(n, 1, hi, wi)  # (N, HiWi, L) -> (N, 1, Hi, Wi)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
@@ -25,7 +25,7 @@ class TextEncoder(nn.Module):
 
     def __init__(
         self,
-        encoder: nn.Module,
+        encoder: Any,
         *,
         max_len: int,
         prompt_position: Literal["after_padding", "after_sep"] = "after_padding",
@@ -36,7 +36,7 @@ class TextEncoder(nn.Module):
                 "the text encoder still has a pooler; build it with add_pooling_layer=False (an unused pooler "
                 "gets no gradient)"
             )
-        self.encoder = encoder
+        self.encoder: Any = encoder  # a transformers PreTrainedModel
         self.hidden_size = int(encoder.config.hidden_size)
         self.max_len = max_len
         self.prompt_position = prompt_position
