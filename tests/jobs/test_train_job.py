@@ -70,7 +70,7 @@ def test_flags_map_onto_the_config():
 def test_ray_job_submit_runs_to_completion_and_best_loads(tmp_path):
     from crobim import CroBIM
     from crobim.data.synrs.writer import write_dataset
-    from tests.fixtures.ray_cluster import ray_executable, start_ray_cluster
+    from tests.fixtures.ray_cluster import start_ray_cluster
 
     data = tmp_path / "synrs"
     write_dataset(data, seed=0, counts={"train": 24, "val": 8}, size=64, overwrite=True)
@@ -78,7 +78,7 @@ def test_ray_job_submit_runs_to_completion_and_best_loads(tmp_path):
     cluster = start_ray_cluster(head_cpus=2, worker_cpus=1)
     try:
         argv = [
-            ray_executable(),
+            str(Path(sys.executable).parent / "ray"),
             "job",
             "submit",
             "--address",
