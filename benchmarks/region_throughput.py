@@ -5,7 +5,7 @@ Measured side by side in one run, on one local Ray runtime:
 1. Pipeline efficiency: region tiles/s (the whole Ray Data pipeline: read, infer, blend, write, including
    start-up) over bare ``predict`` tiles/s on the same tiles, same micro-batches, same thread count.
 2. Peak memory of a region and of a region 4x larger (same chunk size): the peak of the summed RSS of the driver
-   and every Ray worker process, sampled every 0.1 s.
+   and its descendants (the local Ray runtime's raylet and workers), sampled every 0.1 s.
 3. Query cost: the same region with 4 queries vs 1 (end to end), and bare ``predict`` with 4 vs 1.
 
 Usage: ``.venv/bin/python benchmarks/region_throughput.py [--size-px 1024] [--chunk-size 512] [--json out.json]``
@@ -28,7 +28,7 @@ QUERIES = ["all buildings", "the roads", "ponds", "trees near ponds"]
 
 
 class PeakRSS:
-    """Samples the summed RSS of this process and all Ray worker processes; keeps the peak."""
+    """Samples the summed RSS of this process and its descendants (Ray's local processes); keeps the peak."""
 
     def __init__(self, interval_s: float = 0.1) -> None:
         self.interval_s = interval_s
@@ -37,14 +37,15 @@ class PeakRSS:
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _sample(self) -> int:
-        total = psutil.Process().memory_info().rss
-        for proc in psutil.process_iter(["cmdline"]):
-            cmd = " ".join(proc.info["cmdline"] or [])
-            if cmd.startswith("ray::") or "default_worker.py" in cmd:
-                try:
-                    total += proc.memory_info().rss
-                except (psutil.NoSuchProcess, psutil.AccessDenied):
-                    pass
+        # This process and its descendants only: a local ray.init() starts the raylet, which forks the workers,
+        # so other Ray sessions on the machine are not counted.
+        me = psutil.Process()
+        total = me.memory_info().rss
+        for proc in me.children(recursive=True):
+            try:
+                total += proc.memory_info().rss
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                pass
         return total
 
     def _run(self) -> None:
