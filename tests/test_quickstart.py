@@ -120,7 +120,9 @@ def test_quickstart_map_renders_in_chromium(demo_run):
     )
     assert drawn == min(headline["n_predicted"], 500)
     assert np.asarray(png).std() > 10  # the imagery overlay is drawn, not a blank page
-    if headline["n_predicted"]:
+    # Pixels are checked when the answer is big enough to show at the fitted zoom (about 3 m per screen pixel);
+    # the DOM check above covers tiny ones.
+    if headline["area"]["predicted_m2"] > 5000:
         visible = color_mask(png, colour, tolerance=12)
         visible[:, -400:] = False  # the legend (bottom right) and layer control (top right) carry swatches
         assert visible.sum() > 0, "no 'all ponds near roads' polygon outline visible in the screenshot"
