@@ -11,6 +11,7 @@ Default Credentials or workload identity. Nothing here reads credentials from fi
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -212,11 +213,20 @@ def read_bytes(uri: str | os.PathLike[str]) -> bytes:
         raise FileNotFoundError(f"no file at {os.fspath(uri)!r}") from exc
 
 
+@functools.cache
+def _new_file_mode() -> int:
+    """The mode ``open()`` gives new files under the process umask (mkstemp alone would give 0600)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def _atomic_local_write(path: str, data: bytes) -> None:
     folder = os.path.dirname(path) or "."
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
     try:
+        os.fchmod(fd, _new_file_mode())
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()

@@ -186,3 +186,15 @@ def test_s3_objects_are_visible_to_other_clients(s3_server) -> None:
     assert storage.listdir(s3_server.uri("run", "_state")) == ["done.json", "fingerprint.json"]
     with pytest.raises(FileNotFoundError, match="bucket s3://no-such-bucket does not exist"):
         storage.makedirs("s3://no-such-bucket")
+
+
+def test_local_atomic_write_gives_the_usual_file_mode(tmp_path):
+    import os
+
+    from pipelines import storage
+
+    target = tmp_path / "out.json"
+    storage.write_json(str(target), {"a": 1})
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (target.stat().st_mode & 0o777) == (0o666 & ~umask)
