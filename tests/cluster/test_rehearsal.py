@@ -260,7 +260,9 @@ def test_training_runs_across_both_nodes_and_resumes_from_s3(
             if key.startswith("AWS_"):
                 mp.setenv(key, value)
         run_uri = storage.join(storage_path, name)
-        checkpoints = [n for n in storage.listdir(run_uri) if n.startswith("checkpoint_")]
+        checkpoints = [
+            n for n in storage.listdir(run_uri) if n.startswith("checkpoint_") and not n.endswith(".json")
+        ]
         best = storage.listdir(storage.join(run_uri, "best"))
     assert len(checkpoints) == 1, checkpoints
     assert {"config.json", "model.safetensors"} <= set(best)
