@@ -181,15 +181,25 @@ def _t_position(rel: SceneRelations, rng: np.random.Generator) -> Expression | N
     return Expression(f"the {c} {_CELLS[cell[0]][cell[1]]}", (inst.id,), "single", "position", c)
 
 
-def _nearest_like(rel: SceneRelations, rng: np.random.Generator, farthest: bool) -> Expression | None:
-    cands = _classes_min(rel, 2, lines=True)
+def _target_and_reference(
+    rel: SceneRelations, rng: np.random.Generator, min_count: int
+) -> tuple[str, str] | None:
+    """Draw a target class with at least ``min_count`` instances, then a different present reference class."""
+    cands = _classes_min(rel, min_count, lines=True)
     if not cands:
         return None
     c = str(_pick(rng, cands))
     refs = [r for r in _present(rel) if r != c]
     if not refs:
         return None
-    r = str(_pick(rng, refs))
+    return c, str(_pick(rng, refs))
+
+
+def _nearest_like(rel: SceneRelations, rng: np.random.Generator, farthest: bool) -> Expression | None:
+    pair = _target_and_reference(rel, rng, min_count=2)
+    if pair is None:
+        return None
+    c, r = pair
     insts = rel.g.of_class(c)
     d = np.array([rel.distance(i, r) for i in insts])
     order = np.argsort(-d if farthest else d, kind="stable")
@@ -351,14 +361,10 @@ def _near_split(rel: SceneRelations, c: str, r: str) -> tuple[list[Instance], li
 
 
 def _t_near(rel: SceneRelations, rng: np.random.Generator) -> Expression | None:
-    cands = _classes_min(rel, 3, lines=True)
-    if not cands:
+    pair = _target_and_reference(rel, rng, min_count=3)
+    if pair is None:
         return None
-    c = str(_pick(rng, cands))
-    refs = [r for r in _present(rel) if r != c]
-    if not refs:
-        return None
-    r = str(_pick(rng, refs))
+    c, r = pair
     split = _near_split(rel, c, r)
     if split is None or len(split[0]) < 2 or not split[1]:
         return None
