@@ -6,9 +6,16 @@ Measured side by side in one run, on one local Ray runtime:
    start-up) over bare ``predict`` tiles/s on the same tiles, same micro-batches, same thread count.
 2. Peak memory of a region and of a region 4x larger (same chunk size): the peak of the summed RSS of the driver
    and its descendants (the local Ray runtime's raylet and workers), sampled every 0.1 s.
-3. Query cost: the same region with 4 queries vs 1 (end to end), and bare ``predict`` with 4 vs 1.
+3. Query cost: the same region with 4 queries vs 1 (end to end), and bare ``predict`` with 4 vs 1; then
+   ``CroBIMPredictor.predict`` with 4 vs 1 queries for each ``--query-cost`` model (a preset plus dotted
+   overrides, random weights): the ratio is set by the model's split between the image encoder (once per tile)
+   and the per-pair decoder.
 
-Usage: ``.venv/bin/python benchmarks/region_throughput.py [--size-px 1024] [--chunk-size 512] [--json out.json]``
+Each region runs in its own local Ray runtime (started and shut down around it), so both peaks count the same
+fixed processes.
+
+Usage: ``.venv/bin/python benchmarks/region_throughput.py [--size-px 1024] [--chunk-size 512] [--json out.json]
+[--query-cost crobim-tiny crobim-swin-b:lgfa.out_stride=8 ...]``
 """
 
 from __future__ import annotations
@@ -145,6 +152,41 @@ def bare_predict(scene, ckpt: Path, queries: list[str], args) -> dict:
     return {"tiles": n_tiles, "predict_s": seconds, "tiles_per_s": n_tiles / seconds}
 
 
+def query_cost(spec: str, image: np.ndarray, args) -> dict:
+    """Seconds of ``predict`` with 4 queries over 1 on the same tiles of ``image`` (H, W, 3), for
+    ``preset[:key=value,...]``."""
+    import torch
+    import yaml
+
+    from crobim.modeling import build_model
+    from pipelines.predict import CroBIMPredictor
+
+    name, _, rest = spec.partition(":")
+    overrides = {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in rest.split(",") if item)}
+    torch.manual_seed(0)
+    torch.set_num_threads(args.threads)
+    from crobim.training.config import TrainConfig, build_model_config
+
+    cfg = build_model_config(TrainConfig.from_dict({"model": name, "model_overrides": overrides}))
+    predictor = CroBIMPredictor(build_model(cfg))
+    s = predictor.tile_size
+    per_side = min(image.shape[0], image.shape[1]) // s
+    if per_side < 1:
+        raise ValueError(f"the region ({image.shape[:2]}) is smaller than the model's {s} px tile")
+    corners = [(r * s, c * s) for r in range(per_side) for c in range(per_side)][: args.query_cost_tiles]
+    batch = np.stack([image[r : r + s, c : c + s] for r, c in corners])
+    predictor.predict(batch[:1], QUERIES[:1])  # warm-up (allocator, text cache)
+    predictor.predict(batch[:1], QUERIES)
+    out = {"tile_px": s, "tiles": len(batch)}
+    for q in (1, 4):
+        start = time.perf_counter()
+        for k in range(len(batch)):
+            predictor.predict(batch[k : k + 1], QUERIES[:q])
+        out[f"predict_s_q{q}"] = time.perf_counter() - start
+    out["ratio_4_over_1"] = out["predict_s_q4"] / out["predict_s_q1"]
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -158,6 +200,13 @@ def main() -> None:
     )
     parser.add_argument("--workdir", default=None)
     parser.add_argument("--json", default=None, help="also write the results here")
+    parser.add_argument(
+        "--query-cost",
+        nargs="*",
+        default=["crobim-tiny"],
+        help="models for the 4-vs-1 query cost of predict: PRESET[:key=value,...] (random weights)",
+    )
+    parser.add_argument("--query-cost-tiles", type=int, default=4)
     args = parser.parse_args()
 
     import ray
@@ -173,17 +222,27 @@ def main() -> None:
         build_model("crobim-tiny").save_pretrained(ckpt)
     small = make_region(work / "region-1x", seed=1, size_px=args.size_px, gsd_m=args.gsd_m)
     large = make_region(work / "region-4x", seed=1, size_px=2 * args.size_px, gsd_m=args.gsd_m)
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     results: dict = {"args": vars(args), "cpu_count": os.cpu_count(), "load_avg_start": os.getloadavg()}
-    try:
-        results["region_1x_q1"] = run_region(small, ckpt, work / "out-1x-q1", QUERIES[:1], args)
-        results["region_4x_q1"] = run_region(large, ckpt, work / "out-4x-q1", QUERIES[:1], args)
-        results["region_1x_q4"] = run_region(small, ckpt, work / "out-1x-q4", QUERIES, args)
-    finally:
-        ray.shutdown()
+    for key, scene, queries in (
+        ("region_1x_q1", small, QUERIES[:1]),
+        ("region_4x_q1", large, QUERIES[:1]),
+        ("region_1x_q4", small, QUERIES),
+    ):
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+        try:
+            results[key] = run_region(scene, ckpt, work / f"out-{key}", queries, args)
+        finally:
+            ray.shutdown()
     results["bare_4x_q1"] = bare_predict(large, ckpt, QUERIES[:1], args)
     results["bare_1x_q1"] = bare_predict(small, ckpt, QUERIES[:1], args)
     results["bare_1x_q4"] = bare_predict(small, ckpt, QUERIES, args)
+    import rasterio
+
+    with rasterio.open(large.cog_paths[0]) as src:
+        rgb = np.moveaxis(
+            src.read([1, 2, 3]), 0, -1
+        )  # the 4x region's imagery, cut to each model's tile size
+    results["query_cost"] = {spec: query_cost(spec, rgb, args) for spec in args.query_cost}
     r = results
     results["ratios"] = {
         "pipeline_efficiency_4x": r["region_4x_q1"]["tiles_per_s"] / r["bare_4x_q1"]["tiles_per_s"],

@@ -97,6 +97,9 @@ def _row(name: str, m: dict) -> str:
 
 
 def write_model_card(out: Path, report: dict, args: argparse.Namespace) -> None:
+    from crobim.config import CroBIMConfig
+
+    cfg = CroBIMConfig.from_json(out / "config.json")
     best = report["best_epoch_metrics"]
     lines = [
         "# CroBIM SynRS demo model (CPU preset)",
@@ -105,14 +108,17 @@ def write_model_card(out: Path, report: dict, args: argparse.Namespace) -> None:
         "`jobs/train.py` on a 2-core CPU, for the quickstart. Not a remote-sensing model: it knows SynRS scenes",
         "(fields, rivers, roads, ponds, buildings, trees, parking lots) and SynRS expressions only.",
         "",
-        "* Architecture: `configs/synrs-learning.yaml` -- crobim-tiny sized: resnet10t backbone (random init), 2-layer",
-        "  BERT (hidden 64, random init) with the all-MiniLM-L6-v2 uncased WordPiece vocab, CAPM + LGFA (stride 8) + MID,",
-        "  1-channel mask head, presence head on; input 96 x 96, expressions up to 20 tokens.",
+        f"* Architecture: `{Path(args.config).name}` -- crobim-tiny sized: {cfg.backbone.name} backbone (random init), "
+        f"{cfg.text.num_layers}-layer",
+        f"  BERT (hidden {cfg.text.hidden_size}, random init) with the all-MiniLM-L6-v2 uncased WordPiece vocab, CAPM + "
+        f"LGFA + MID at stride {cfg.lgfa.out_stride},",
+        f"  1-channel mask head, presence head {'on' if cfg.presence.enabled else 'off'}; input "
+        f"{cfg.input.size[0]} x {cfg.input.size[1]}, expressions up to {cfg.text.max_len} tokens.",
         "* Weights: fp16 safetensors (loaded into fp32 by `CroBIM.from_pretrained`), "
         f"{report.get('demo_bytes', 0) / 1e6:.1f} MB folder.",
         f"* Data: SynRS generated with `python jobs/make_synthetic.py --out data/synrs96 --seed {args.seed} "
         f"--train {args.train} --val {args.val} --test {args.test} --size {args.size}`"
-        + (f"; training used the first `{args.overrides}` settings" if args.overrides else "")
+        + (f"; training overrides: `{' '.join(args.overrides)}`" if args.overrides else "")
         + ".",
         "* Training command:",
         "",

@@ -55,6 +55,9 @@ class DataSettings:
             they are always dropped from training (they stay in validation).
         skip_known_bad: drop the readers' published list of broken training files (DATA_AND_EVAL.md §2, §5).
         decode_cpus: CPUs reserved by each decode/resize/tokenize map task.
+        decode_concurrency: at most this many decode actors per dataset, as CPUs allow (each rank has its own training dataset per epoch);
+            every actor opens the reader and tokenizer once. Fractional-CPU tasks instead made Ray start and
+            reap worker processes continually, at ~20x the cost of the decoding itself on a small node.
     """
 
     dataset: DatasetName = "synrs"
@@ -67,6 +70,7 @@ class DataSettings:
     negatives: bool = True
     skip_known_bad: bool = True
     decode_cpus: float = 0.25
+    decode_concurrency: int = 2
 
     def __post_init__(self) -> None:
         if self.dataset not in _DATASETS:
@@ -74,6 +78,7 @@ class DataSettings:
         _check_positive("data", "max_train_samples", self.max_train_samples, allow_none=True)
         _check_positive("data", "max_val_samples", self.max_val_samples, allow_none=True)
         _check_positive("data", "decode_cpus", self.decode_cpus)
+        _check_positive("data", "decode_concurrency", self.decode_concurrency)
 
 
 @dataclass

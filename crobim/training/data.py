@@ -4,14 +4,16 @@ Rows start as references (dataset, root, split, index, sample id, no_target flag
 from the reader's index without reading any pixels. A streaming CPU `map_batches` stage opens the
 reader inside the task, decodes image and mask, resizes and normalises the image with the model's own
 `preprocess_images` settings, resizes the mask with `crobim.transforms.resize_mask` and tokenises the
-expression with the model's tokenizer. Ray Train shards the result to the workers
-(`ray.train.get_dataset_shard`). No process holds the dataset: the driver keeps only the references.
+expression with the model's tokenizer. Every rank gets its own dataset per epoch (`epoch_rows`: a seeded
+permutation cut into global micro-steps, the rank's slice of each), read with `ray.train.get_dataset_shard`;
+validation is split across the ranks. No process holds the dataset: the driver keeps only the references.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,8 +27,10 @@ __all__ = [
     "ReferenceSet",
     "build_reference_set",
     "decode_references",
+    "epoch_rows",
     "make_reader",
     "to_dataset",
+    "train_dataset_name",
 ]
 
 logger = logging.getLogger(__name__)
@@ -188,65 +192,80 @@ class DecodeBatch:
         }
 
 
-@functools.lru_cache(maxsize=4)
-def _cached_stage(model_config_json: str, tokenizer_dir: str | None) -> DecodeBatch:
-    return DecodeBatch(model_config_json, tokenizer_dir)
-
-
-def _decode_stage(
-    batch: dict[str, np.ndarray], *, model_config_json: str, tokenizer_dir: str | None
-) -> dict[str, np.ndarray]:
-    return _cached_stage(model_config_json, tokenizer_dir)(batch)
-
-
 def to_dataset(
-    refs: ReferenceSet,
+    rows: list[dict[str, Any]],
     *,
     model_config_json: str,
     tokenizer_dir: str | None = None,
-    shuffle_seed: int | None = None,
     decode_cpus: float = 0.25,
-    decode_batch_size: int = 4,
-    max_blocks: int = 4096,
+    decode_concurrency: int = 2,
+    decode_batch_size: int = 16,
+    rows_per_block: int = 64,
 ) -> Any:  # noqa: ANN401
-    """Turn references into a streaming Ray Dataset of decoded batches.
+    """Turn reference rows into a streaming Ray Dataset of decoded batches, in the rows' order.
 
     Args:
-        refs: the references.
+        rows: reference rows (`ReferenceSet.rows`, or one rank's epoch from `epoch_rows`).
         model_config_json: the model config (sizes, tokenizer) as JSON.
         tokenizer_dir: saved tokenizer folder, or None to build it from the config.
-        shuffle_seed: reshuffle the references before decoding: each execution (epoch) gets a new,
-            seeded block order (`randomize_block_order` with `RandomSeedConfig(reseed_after_execution=True)`);
-            with one reference per block (up to `max_blocks` references) that is a full permutation. The
-            execution index restarts with the driver, so a resumed run replays the first epochs' orders.
-            None keeps the file order.
         decode_cpus: CPUs per decode task.
+        decode_concurrency: at most this many decode actors, at least one (see `DataSettings.decode_concurrency`).
         decode_batch_size: references decoded per task call.
-        max_blocks: at most this many input blocks (one reference each up to this size).
+        rows_per_block: references per input block. Ray Data's cost is per block: one-reference blocks
+            add Ray overhead for nothing.
 
     Returns:
         A `ray.data.Dataset` with columns `BATCH_COLUMNS`.
     """
     import ray.data
-    from ray.data import RandomSeedConfig
 
-    rows = refs.rows
-    num_blocks = min(len(rows), max_blocks)
-    if shuffle_seed is not None and num_blocks < len(rows):
-        # Blocks hold several references: mix them once so every block is a random subset.
-        order = np.random.default_rng(shuffle_seed).permutation(len(rows))
-        rows = [rows[i] for i in order]
-    ds = ray.data.from_items(rows, override_num_blocks=num_blocks)
-    if shuffle_seed is not None:
-        # A new seeded block order per execution (= per epoch); no all-to-all shuffle of the data.
-        ds = ds.randomize_block_order(seed=RandomSeedConfig(seed=shuffle_seed, reseed_after_execution=True))
+    if not rows:
+        raise ValueError("no reference rows to decode")
+    ds = ray.data.from_items(rows, override_num_blocks=max(1, math.ceil(len(rows) / rows_per_block)))
     return ds.map_batches(
-        _decode_stage,
-        fn_kwargs={"model_config_json": model_config_json, "tokenizer_dir": tokenizer_dir},
+        DecodeBatch,
+        fn_constructor_kwargs={"model_config_json": model_config_json, "tokenizer_dir": tokenizer_dir},
         batch_size=decode_batch_size,
         num_cpus=decode_cpus,
+        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=decode_concurrency),
         batch_format="numpy",
     )
+
+
+def epoch_rows(
+    refs: ReferenceSet, *, epoch: int, seed: int | None, step_rows: int, rank: int, world_size: int
+) -> list[dict[str, Any]]:
+    """One rank's training rows for one epoch, in training order.
+
+    The epoch's order is a permutation of all references seeded by (seed, epoch) (file order when `seed` is
+    None), cut into global micro-steps of `step_rows` references (all ranks together); rank r takes rows
+    [r * m, (r + 1) * m) of every step, m = step_rows // world_size, and the incomplete last step is dropped.
+    So the global batches hold the same samples whatever the number of workers, every epoch has its own order,
+    and a resumed or restarted run replays exactly the epochs it has left.
+
+    Args:
+        refs: the training references.
+        epoch: 0-based epoch.
+        seed: the run's seed, or None to keep the file order.
+        step_rows: references per global micro-step (`num_workers x micro-batch`).
+        rank: this worker's rank.
+        world_size: number of workers (divides `step_rows`).
+
+    Returns:
+        `(len(refs) // step_rows) * m` rows.
+    """
+    if step_rows % world_size:
+        raise ValueError(f"step_rows={step_rows} is not a multiple of world_size={world_size}")
+    n = len(refs.rows)
+    order = np.arange(n) if seed is None else np.random.default_rng([seed, epoch]).permutation(n)
+    steps = n // step_rows
+    mine = order[: steps * step_rows].reshape(steps, world_size, step_rows // world_size)[:, rank].reshape(-1)
+    return [refs.rows[int(i)] for i in mine]
+
+
+def train_dataset_name(epoch: int) -> str:
+    """Name of epoch `epoch`'s (0-based) training dataset, as `ray.train.get_dataset_shard` knows it."""
+    return f"train_epoch_{epoch}"
 
 
 def decode_references(

@@ -2,7 +2,7 @@
 
 Every worker: builds the model from the config (same seed on every rank, so the DDP broadcast is a
 no-op), restores the latest checkpoint if Ray Train hands one over, wraps the model with
-`prepare_model` (DDP), then per epoch trains on its `get_dataset_shard("train")`, validates on its
+`prepare_model` (DDP), then per epoch trains on its `get_dataset_shard(train_dataset_name(epoch))`, validates on its
 share of `get_dataset_shard("val")` with the metric state all-gathered (identical `val_oIoU` on every
 rank) and calls `ray.train.report` -- every rank, every epoch; rank 0 attaches the checkpoint.
 """
@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from crobim.training.checkpoint import TrainerState, load_checkpoint, save_checkpoint
+from crobim.training.data import train_dataset_name
 
 __all__ = ["epoch_seed", "iters_per_epoch", "seed_everything", "train_loop_per_worker"]
 
@@ -137,7 +138,6 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 if isinstance(value, torch.Tensor) and key != "step":
                     st[key] = value.to(device)
 
-    train_shard = ray.train.get_dataset_shard("train")
     val_shard = ray.train.get_dataset_shard("val")
     micro = cfg.micro_batch_size
     accum = sched.grad_accum_steps
@@ -155,6 +155,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         steps_this_epoch = 0
         micro_in_group = 0
         optimizer.zero_grad(set_to_none=True)
+        train_shard = ray.train.get_dataset_shard(train_dataset_name(epoch))
         batches = train_shard.iter_torch_batches(batch_size=micro, drop_last=True, prefetch_batches=2)
         for batch in batches:
             if steps_this_epoch >= ipe:

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from crobim.training.config import TrainConfig, build_model_config
-from crobim.training.data import build_reference_set, to_dataset
+from crobim.training.data import build_reference_set, epoch_rows, to_dataset, train_dataset_name
 
 __all__ = ["TrainingSummary", "build_data_config", "build_run_config", "build_trainer", "run_training"]
 
@@ -58,11 +59,23 @@ def _join(uri: str, *parts: str) -> str:
     return str(Path(uri).joinpath(*parts))
 
 
-def build_data_config() -> Any:  # noqa: ANN401
-    """`DataConfig` splitting `train` equally (every rank runs the same number of steps, in file order
-    when preserved) and `val` without the equal-size truncation, so every validation sample is scored once."""
+def build_data_config(
+    train_rows: Callable[[int, int, int], list[dict[str, Any]]], epochs: int, **decode: Any
+) -> Any:  # noqa: ANN401
+    """`DataConfig` giving every rank its own training dataset per epoch and a share of `val`.
+
+    Args:
+        train_rows: `(epoch, rank, world_size) -> rows` (see `crobim.training.data.epoch_rows`); called when the
+            worker group starts (again after a restart), so the split follows the actual world size.
+        epochs: number of epochs (one dataset per epoch and rank, named by `train_dataset_name`).
+        **decode: keyword arguments of `to_dataset` (model config, tokenizer, decode CPUs).
+
+    `val` is split without the equal-size truncation, so every validation sample is scored once.
+    """
     from ray.data import ExecutionOptions
     from ray.train import DataConfig
+
+    from crobim.training.data import to_dataset, train_dataset_name
 
     class _TrainValDataConfig(DataConfig):
         def configure(  # noqa: ANN202
@@ -73,21 +86,25 @@ def build_data_config() -> Any:  # noqa: ANN401
             worker_node_ids: Any,  # noqa: ANN401
             **kwargs: Any,  # noqa: ANN401
         ):
-            out = [{} for _ in range(world_size)]
+            out: list[dict[str, Any]] = [{} for _ in range(world_size)]
+            for rank in range(world_size):
+                for epoch in range(epochs):
+                    ds = to_dataset(
+                        train_rows(epoch, rank, world_size), **decode
+                    )  # lazy: decoded when iterated
+                    ds.context.execution_options = ExecutionOptions(preserve_order=True)
+                    out[rank][train_dataset_name(epoch)] = ds.iterator()
             hints = worker_node_ids if self._enable_shard_locality else None
             for name, ds in datasets.items():
+                if name in out[0]:
+                    continue
                 ds = ds.copy(ds)
-                ds.context.execution_options = self._resolve_execution_options(name)
-                for i, split in enumerate(
-                    ds.streaming_split(world_size, equal=(name == "train"), locality_hints=hints)
-                ):
+                ds.context.execution_options = ExecutionOptions(preserve_order=True)
+                for i, split in enumerate(ds.streaming_split(world_size, equal=False, locality_hints=hints)):
                     out[i][name] = split
             return out
 
-    options = ExecutionOptions(preserve_order=True)
-    return _TrainValDataConfig(
-        execution_options={"train": options, "val": ExecutionOptions(preserve_order=True)}
-    )
+    return _TrainValDataConfig()
 
 
 def build_run_config(cfg: TrainConfig, callbacks: list[Any] | None = None) -> Any:  # noqa: ANN401
@@ -170,23 +187,26 @@ def build_trainer(cfg: TrainConfig, *, callbacks: list[Any] | None = None) -> An
     # Per-operator progress bars from every worker's split would drown the per-epoch progress lines.
     DataContext.get_current().enable_progress_bars = False
     tokenizer_dir = str(Path(cfg.init_weights) / "tokenizer") if cfg.init_weights else None
-    model_json = model_cfg.to_json()
-    shuffle_seed = cfg.schedule.seed if cfg.data.shuffle else None
-    datasets = {
-        "train": to_dataset(
-            train_refs,
-            model_config_json=model_json,
-            tokenizer_dir=tokenizer_dir,
-            shuffle_seed=shuffle_seed,
-            decode_cpus=cfg.data.decode_cpus,
-        ),
-        "val": to_dataset(
-            val_refs,
-            model_config_json=model_json,
-            tokenizer_dir=tokenizer_dir,
-            decode_cpus=cfg.data.decode_cpus,
-        ),
+    decode = {
+        "model_config_json": model_cfg.to_json(),
+        "tokenizer_dir": tokenizer_dir,
+        "decode_cpus": cfg.data.decode_cpus,
+        "decode_concurrency": cfg.data.decode_concurrency,
     }
+    shuffle_seed = cfg.schedule.seed if cfg.data.shuffle else None
+    step_rows = cfg.run.num_workers * cfg.micro_batch_size  # one global micro-step, whatever the world size
+
+    def train_rows(epoch: int, rank: int, world_size: int) -> list[dict[str, Any]]:
+        return epoch_rows(
+            train_refs, epoch=epoch, seed=shuffle_seed, step_rows=step_rows, rank=rank, world_size=world_size
+        )
+
+    # Train V2 serves only the names passed here; configure() replaces each epoch's full-order dataset with
+    # the per-rank ones.
+    datasets = {
+        train_dataset_name(e): to_dataset(train_rows(e, 0, 1), **decode) for e in range(cfg.schedule.epochs)
+    }
+    datasets["val"] = to_dataset(val_refs.rows, **decode)
     loop_config = {
         "train": cfg.to_dict(),
         "model": model_cfg.to_dict(),
@@ -202,7 +222,7 @@ def build_trainer(cfg: TrainConfig, *, callbacks: list[Any] | None = None) -> An
         ),
         run_config=build_run_config(cfg, callbacks=[_progress_callback(), *(callbacks or [])]),
         datasets=datasets,
-        dataset_config=build_data_config(),
+        dataset_config=build_data_config(train_rows, cfg.schedule.epochs, **decode),
     )
 
 

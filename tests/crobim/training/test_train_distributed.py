@@ -105,12 +105,6 @@ def _final_state(run_dir: Path):
     return max(states, key=lambda s: s.global_step)
 
 
-@pytest.mark.xfail(
-    reason="known gap (issue 8): streaming_split hands each rank a contiguous, dynamically assigned share, so a "
-    "2-worker global batch holds other samples than the 1-worker one and losses drift by ~3 % by epoch 2; "
-    "rows must be assigned to ranks by position first",
-    strict=False,
-)
 def test_two_workers_follow_the_one_worker_trajectory(ray_local, synrs_root, text_dir, tmp_path):
     from crobim.training.trainer import run_training
 
