@@ -54,9 +54,9 @@ class DataSettings:
         negatives: train on no-target samples when the model's presence head is on; with the head off
             they are always dropped from training (they stay in validation).
         skip_known_bad: drop the readers' published list of broken training files (DATA_AND_EVAL.md §2, §5).
-        decode_cpus: CPUs reserved by each decode/resize/tokenize map task.
-        decode_concurrency: at most this many decode actors per dataset, as CPUs allow (each rank has its own training dataset per epoch);
-            every actor opens the reader and tokenizer once. Fractional-CPU tasks instead made Ray start and
+        decode_cpus: CPUs reserved by each decode/resize/tokenize actor.
+        decode_concurrency: at most this many decode actors per dataset, as CPUs allow (each rank has its own
+            training dataset per epoch); every actor opens the reader and tokenizer once. Fractional-CPU tasks instead made Ray start and
             reap worker processes continually, at ~20x the cost of the decoding itself on a small node.
     """
 

@@ -1,8 +1,8 @@
 """Ray Data input for training (PIPELINE.md §7, DATA_AND_EVAL.md §1): sample references -> decoded batches.
 
 Rows start as references (dataset, root, split, index, sample id, no_target flag), built on the driver
-from the reader's index without reading any pixels. A streaming CPU `map_batches` stage opens the
-reader inside the task, decodes image and mask, resizes and normalises the image with the model's own
+from the reader's index without reading any pixels. A streaming CPU `map_batches` actor pool opens the
+reader once per actor, decodes image and mask, resizes and normalises the image with the model's own
 `preprocess_images` settings, resizes the mask with `crobim.transforms.resize_mask` and tokenises the
 expression with the model's tokenizer. Every rank gets its own dataset per epoch (`epoch_rows`: a seeded
 permutation cut into global micro-steps, the rank's slice of each), read with `ray.train.get_dataset_shard`;
@@ -208,9 +208,9 @@ def to_dataset(
         rows: reference rows (`ReferenceSet.rows`, or one rank's epoch from `epoch_rows`).
         model_config_json: the model config (sizes, tokenizer) as JSON.
         tokenizer_dir: saved tokenizer folder, or None to build it from the config.
-        decode_cpus: CPUs per decode task.
+        decode_cpus: CPUs per decode actor.
         decode_concurrency: at most this many decode actors, at least one (see `DataSettings.decode_concurrency`).
-        decode_batch_size: references decoded per task call.
+        decode_batch_size: references decoded per call.
         rows_per_block: references per input block. Ray Data's cost is per block: one-reference blocks
             add Ray overhead for nothing.
 

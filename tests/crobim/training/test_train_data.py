@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from crobim.training.config import DataSettings, TrainConfig, build_model_config
-from crobim.training.data import DecodeBatch, build_reference_set, decode_references
+from crobim.training.data import DecodeBatch, ReferenceSet, build_reference_set, decode_references, epoch_rows
 
 
 @pytest.fixture(scope="module")
@@ -60,3 +60,26 @@ def test_decode_matches_the_model(synrs_root):
         np.testing.assert_array_equal(batch["mask"][i].astype(bool), resize_mask(s.mask, (64, 64)))
         assert bool(batch["no_target"][i]) == s.no_target
     assert DecodeBatch(model_cfg.to_json()).max_len == model_cfg.text.max_len
+
+
+def test_epoch_rows_give_every_world_size_the_same_global_batches():
+    refs = ReferenceSet(rows=[{"index": i} for i in range(23)], num_target=23, num_no_target=0)
+
+    def ids(epoch, rank, world, seed=7):
+        return [
+            r["index"]
+            for r in epoch_rows(refs, epoch=epoch, seed=seed, step_rows=4, rank=rank, world_size=world)
+        ]
+
+    one = ids(0, 0, 1)
+    assert len(one) == 20 and len(set(one)) == 20  # 5 full steps of 4; the incomplete last step is dropped
+    two = [ids(0, r, 2) for r in range(2)]
+    four = [ids(0, r, 4) for r in range(4)]
+    for step in range(5):
+        global_batch = one[4 * step : 4 * step + 4]
+        assert two[0][2 * step : 2 * step + 2] + two[1][2 * step : 2 * step + 2] == global_batch
+        assert [four[r][step] for r in range(4)] == global_batch
+    assert ids(1, 0, 1) != one and ids(0, 0, 1) == one  # a fresh, reproducible order per epoch
+    assert ids(0, 0, 1, seed=None) == list(range(20))  # no seed: file order
+    with pytest.raises(ValueError, match="multiple of world_size"):
+        epoch_rows(refs, epoch=0, seed=0, step_rows=4, rank=0, world_size=3)
