@@ -156,17 +156,15 @@ def query_cost(spec: str, image: np.ndarray, args) -> dict:
     """Seconds of ``predict`` with 4 queries over 1 on the same tiles of ``image`` (H, W, 3), for
     ``preset[:key=value,...]``."""
     import torch
-    import yaml
 
     from crobim.modeling import build_model
+    from crobim.training.config import TrainConfig, build_model_config, parse_override
     from pipelines.predict import CroBIMPredictor
 
     name, _, rest = spec.partition(":")
-    overrides = {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in rest.split(",") if item)}
+    overrides = dict(parse_override(item) for item in rest.split(",") if item)
     torch.manual_seed(0)
     torch.set_num_threads(args.threads)
-    from crobim.training.config import TrainConfig, build_model_config
-
     cfg = build_model_config(TrainConfig.from_dict({"model": name, "model_overrides": overrides}))
     predictor = CroBIMPredictor(build_model(cfg))
     s = predictor.tile_size
@@ -238,10 +236,9 @@ def main() -> None:
     results["bare_1x_q4"] = bare_predict(small, ckpt, QUERIES, args)
     import rasterio
 
+    # The 4x region's imagery, cut to each model's tile size.
     with rasterio.open(large.cog_paths[0]) as src:
-        rgb = np.moveaxis(
-            src.read([1, 2, 3]), 0, -1
-        )  # the 4x region's imagery, cut to each model's tile size
+        rgb = np.moveaxis(src.read([1, 2, 3]), 0, -1)
     results["query_cost"] = {spec: query_cost(spec, rgb, args) for spec in args.query_cost}
     r = results
     results["ratios"] = {

@@ -86,20 +86,20 @@ def build_data_config(
             worker_node_ids: Any,  # noqa: ANN401
             **kwargs: Any,  # noqa: ANN401
         ):
+            options = ExecutionOptions(preserve_order=True)
             out: list[dict[str, Any]] = [{} for _ in range(world_size)]
             for rank in range(world_size):
                 for epoch in range(epochs):
-                    ds = to_dataset(
-                        train_rows(epoch, rank, world_size), **decode
-                    )  # lazy: decoded when iterated
-                    ds.context.execution_options = ExecutionOptions(preserve_order=True)
+                    # Lazy: decoded when the rank iterates it.
+                    ds = to_dataset(train_rows(epoch, rank, world_size), **decode)
+                    ds.context.execution_options = options
                     out[rank][train_dataset_name(epoch)] = ds.iterator()
             hints = worker_node_ids if self._enable_shard_locality else None
             for name, ds in datasets.items():
                 if name in out[0]:
                     continue
                 ds = ds.copy(ds)
-                ds.context.execution_options = ExecutionOptions(preserve_order=True)
+                ds.context.execution_options = options
                 for i, split in enumerate(ds.streaming_split(world_size, equal=False, locality_hints=hints)):
                     out[i][name] = split
             return out
