@@ -3,6 +3,8 @@
 Example::
 
     python jobs/make_synthetic.py --out data/synrs --seed 0 --train 2000 --val 200 --test 200 --size 128
+    python jobs/make_synthetic.py --out data/synrs-near --seed 1 --train 3000 --size 96 \
+        --set p_multi=0.6 --set p_single=0.25 --set "template_weights={multi/near: 50, none/near_none: 3}"
 
 Counts are samples (expressions); scenes are drawn until each split has its count. The same seed, counts,
 size and generator version give byte-identical files. Exit codes: 0 done, 2 bad input or existing output.
@@ -31,6 +33,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--val", type=int, default=0, help="validation samples")
     p.add_argument("--test", type=int, default=0, help="test samples")
     p.add_argument("--size", type=int, default=512, help="image side in pixels (multiple of 8, 64-4096)")
+    p.add_argument(
+        "--set",
+        dest="params",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a SynRSParams field, value read as YAML (e.g. p_multi=0.4, 'template_weights={multi/near: 4}'); "
+        "repeatable",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace a dataset already in --out")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
@@ -43,8 +54,16 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=args.log_level, format="%(levelname)s %(name)s: %(message)s")
     from tqdm import tqdm
 
-    from crobim.data.synrs import write_dataset
+    from crobim.data.synrs import SynRSParams, template_probabilities, write_dataset
+    from crobim.training.config import parse_override
 
+    try:
+        params = SynRSParams.from_overrides([parse_override(text) for text in args.params])
+        for kind in ("single", "multi", "none"):
+            template_probabilities(params, kind)
+    except (ValueError, TypeError) as err:
+        print(f"error: bad --set: {err}", file=sys.stderr)
+        return 2
     counts = {"train": args.train, "val": args.val, "test": args.test}
     if sum(counts.values()) <= 0:
         print("error: ask for at least one sample (--train/--val/--test N)", file=sys.stderr)
@@ -52,7 +71,13 @@ def main(argv: list[str] | None = None) -> int:
     with tqdm(total=sum(counts.values()), unit="sample", desc="SynRS", disable=args.no_progress) as bar:
         try:
             summary = write_dataset(
-                args.out, args.seed, counts, args.size, overwrite=args.overwrite, progress=bar.update
+                args.out,
+                args.seed,
+                counts,
+                args.size,
+                params=params,
+                overwrite=args.overwrite,
+                progress=bar.update,
             )
         except (ValueError, FileExistsError) as err:
             print(f"error: {err}", file=sys.stderr)

@@ -35,3 +35,16 @@ def test_writes_dataset_and_summary(tmp_path, capsys):
     assert info["generator_version"] == summary["generator_version"]
     assert _job().main(["--out", str(out), "--test", "2", "--size", "64", "--no-progress"]) == 2
     assert "overwrite" in capsys.readouterr().err
+
+
+def test_set_changes_generator_parameters(tmp_path, capsys):
+    out = tmp_path / "synrs"
+    rc = _job().main(["--out", str(out), "--train", "6", "--size", "64", "--no-progress", "--set", "p_multi=0.5",
+                      "--set", "template_weights={multi/near: 4}"])  # fmt: skip
+    assert rc == 0
+    params = json.loads((out / "synrs_info.json").read_text())["params"]
+    assert params["p_multi"] == 0.5 and params["template_weights"] == [["multi/near", 4.0]]
+    capsys.readouterr()
+    for bad in ("nearness=0.1", "template_weights={multi/nope: 1}"):
+        assert _job().main(["--out", str(tmp_path / "x"), "--train", "2", "--size", "64", "--set", bad]) == 2
+        assert "bad --set" in capsys.readouterr().err

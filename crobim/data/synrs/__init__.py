@@ -4,7 +4,13 @@ Needs only numpy, scipy and PIL.
 """
 
 from crobim.data.synrs.dataset import SynRS
-from crobim.data.synrs.expressions import Expression, SceneRelations, make_expressions
+from crobim.data.synrs.expressions import (
+    TEMPLATE_NAMES,
+    Expression,
+    SceneRelations,
+    make_expressions,
+    template_probabilities,
+)
 from crobim.data.synrs.render import render_scene
 from crobim.data.synrs.scene import CLASSES, GENERATOR_VERSION, Instance, SceneGraph, SynRSParams
 from crobim.data.synrs.writer import SPLITS, generate_split, scene_rng, write_dataset
@@ -13,6 +19,7 @@ __all__ = [
     "CLASSES",
     "GENERATOR_VERSION",
     "SPLITS",
+    "TEMPLATE_NAMES",
     "Expression",
     "Instance",
     "SceneGraph",
@@ -23,5 +30,6 @@ __all__ = [
     "make_expressions",
     "render_scene",
     "scene_rng",
+    "template_probabilities",
     "write_dataset",
 ]

@@ -17,7 +17,7 @@ from scipy import ndimage
 
 from crobim.data.synrs.scene import CLASSES, PLURALS, Instance, SceneGraph, SynRSParams
 
-__all__ = ["Expression", "SceneRelations", "make_expressions"]
+__all__ = ["TEMPLATE_NAMES", "Expression", "SceneRelations", "make_expressions", "template_probabilities"]
 
 Kind = Literal["single", "multi", "none"]
 
@@ -487,26 +487,70 @@ def _t_direction_none(rel: SceneRelations, rng: np.random.Generator) -> Expressi
 
 Template = Callable[[SceneRelations, np.random.Generator], "Expression | None"]
 
-_TEMPLATES: dict[Kind, tuple[Template, ...]] = {
-    "single": (
-        _t_category,
-        _t_position,
-        _t_nearest,
-        _t_farthest,
-        _t_direction,
-        _t_size,
-        _t_size_position,
-        _t_colour,
-    ),
-    "multi": (_t_all, _t_near, _t_half, _t_direction_multi, _t_colour_multi),
-    "none": (_t_absent, _t_near_none, _t_cell_none, _t_colour_none, _t_direction_none),
+#: Templates per kind, by the name written to the metadata (``kind/name`` in ``synrs_info.json``).
+_TEMPLATES: dict[Kind, dict[str, Template]] = {
+    "single": {
+        "category": _t_category,
+        "position": _t_position,
+        "nearest": _t_nearest,
+        "farthest": _t_farthest,
+        "direction": _t_direction,
+        "size": _t_size,
+        "size_position": _t_size_position,
+        "colour": _t_colour,
+    },
+    "multi": {
+        "all": _t_all,
+        "near": _t_near,
+        "half": _t_half,
+        "direction": _t_direction_multi,
+        "colour": _t_colour_multi,
+    },
+    "none": {
+        "absent": _t_absent,
+        "near_none": _t_near_none,
+        "cell_none": _t_cell_none,
+        "colour_none": _t_colour_none,
+        "direction_none": _t_direction_none,
+    },
 }
+
+#: Every ``kind/name`` that ``SynRSParams.template_weights`` may name.
+TEMPLATE_NAMES: tuple[str, ...] = tuple(
+    f"{kind}/{name}" for kind, table in _TEMPLATES.items() for name in table
+)
+
+
+def template_probabilities(params: SynRSParams, kind: Kind) -> np.ndarray | None:
+    """Draw probabilities of ``kind``'s templates from ``params.template_weights``; None when uniform.
+
+    Raises:
+        ValueError: for a name not in ``TEMPLATE_NAMES`` or a kind whose weights are all zero.
+    """
+    weights = dict(params.template_weights)
+    unknown = sorted(set(weights) - set(TEMPLATE_NAMES))
+    if unknown:
+        raise ValueError(f"template_weights names unknown templates {unknown}; known: {list(TEMPLATE_NAMES)}")
+    names = list(_TEMPLATES[kind])
+    if not any(f"{kind}/{name}" in weights for name in names):
+        return None
+    w = np.array([weights.get(f"{kind}/{name}", 1.0) for name in names], dtype=np.float64)
+    if w.sum() <= 0:
+        raise ValueError(f"template_weights gives every {kind!r} template weight 0")
+    return w / w.sum()
 
 
 def _draw(rel: SceneRelations, rng: np.random.Generator, kind: Kind, tries: int) -> Expression | None:
-    templates = _TEMPLATES[kind]
+    templates = tuple(_TEMPLATES[kind].values())
+    probs = template_probabilities(rel.p, kind)
     for _ in range(tries):
-        expr = templates[int(rng.integers(0, len(templates)))](rel, rng)
+        # The uniform draw stays rng.integers so that default parameters reproduce earlier datasets' expressions.
+        index = (
+            int(rng.integers(0, len(templates)))
+            if probs is None
+            else int(rng.choice(len(templates), p=probs))
+        )
+        expr = templates[index](rel, rng)
         if expr is not None and len(expr.text.split()) <= rel.p.max_words:
             return expr
     return None

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import numpy as np
@@ -10,7 +11,7 @@ import numpy as np
 __all__ = ["CLASSES", "GENERATOR_VERSION", "PLURALS", "Instance", "SceneGraph", "SynRSParams"]
 
 #: Bumped whenever the same seed would produce different bytes.
-GENERATOR_VERSION = "synrs-1.1"
+GENERATOR_VERSION = "synrs-1.2"
 
 #: Classes in draw order (later classes are drawn over earlier ones).
 CLASSES: tuple[str, ...] = ("field", "river", "road", "parking lot", "pond", "building", "tree")
@@ -48,6 +49,33 @@ class SynRSParams:
     max_words: int = 18
     #: Per-scene ground-scale jitter of object sizes (benchmark scenes only; thresholds stay relative to S).
     zoom_range: tuple[float, float] = (0.75, 1.3)
+    #: Relative draw weights of templates within their kind, as ``(("multi/near", 4.0), ...)`` (a mapping is
+    #: accepted too); names as in ``synrs_info.json``'s ``templates``; unnamed templates weigh 1; empty = uniform.
+    template_weights: tuple[tuple[str, float], ...] = ()
+
+    def __post_init__(self) -> None:
+        weights = self.template_weights
+        pairs = weights.items() if isinstance(weights, Mapping) else weights
+        normalised = tuple(sorted((str(name), float(w)) for name, w in pairs))
+        for name, w in normalised:
+            if not (w >= 0.0 and np.isfinite(w)):
+                raise ValueError(f"template_weights[{name!r}] = {w}: weights must be finite and >= 0")
+        object.__setattr__(self, "template_weights", normalised)
+
+    @classmethod
+    def from_overrides(cls, overrides: list[tuple[str, Any]]) -> SynRSParams:
+        """Defaults with ``(field, value)`` pairs applied, e.g. ``[("p_multi", 0.4)]``.
+
+        Raises:
+            ValueError: for a name that is not a field (the message lists the fields).
+        """
+        names = [f.name for f in fields(cls)]
+        values: dict[str, Any] = {}
+        for key, value in overrides:
+            if key not in names:
+                raise ValueError(f"unknown SynRS parameter {key!r}; parameters: {names}")
+            values[key] = tuple(value) if key == "zoom_range" and isinstance(value, list) else value
+        return cls(**values)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-dict form for the metadata."""

@@ -7,7 +7,15 @@ import pytest
 from scipy import ndimage
 
 from crobim.data import RefSegRS, SynRS
-from crobim.data.synrs import SynRSParams, generate_split, render_scene, scene_rng, write_dataset
+from crobim.data.synrs import (
+    TEMPLATE_NAMES,
+    SynRSParams,
+    generate_split,
+    render_scene,
+    scene_rng,
+    template_probabilities,
+    write_dataset,
+)
 
 
 def _tree_sha256(root: Path) -> str:
@@ -83,6 +91,36 @@ def test_no_target_share_and_mix(pool):
     assert kinds.count("multi") / len(kinds) >= 0.15
     templates = {e.template for _, _, exprs in pool for e in exprs}
     assert {"nearest", "direction", "position", "size", "near", "absent"} <= templates
+
+
+def test_template_weights_shift_the_mix_and_leave_the_scenes():
+    params = SynRSParams(p_single=0.25, p_multi=0.6, template_weights={"multi/near": 50, "none/near_none": 3})
+    assert params.template_weights == (("multi/near", 50.0), ("none/near_none", 3.0))
+    assert template_probabilities(SynRSParams(), "multi") is None
+    probs = template_probabilities(params, "multi")
+    assert probs is not None and probs[1] == pytest.approx(50 / 54)
+    default = list(generate_split(5, "train", 150, 96))
+    weighted = list(generate_split(5, "train", 150, 96, params))
+    for (_, a, _), (_, b, _) in zip(default, weighted, strict=False):
+        np.testing.assert_array_equal(a.image, b.image)  # scenes are drawn before the expressions
+
+    def share(split, template):
+        templates = [e.template for _, _, exprs in split for e in exprs]
+        return templates.count(template) / len(templates)
+
+    assert share(weighted, "near") >= 3 * max(share(default, "near"), 0.01)
+    assert share(weighted, "near_none") > share(default, "near_none")
+
+
+@pytest.mark.parametrize(
+    "weights, match",
+    [({"multi/nearby": 2}, "unknown templates"), ({"multi/near": -1}, ">= 0"), ({n: 0 for n in TEMPLATE_NAMES if n.startswith("none/")}, "weight 0")],
+)  # fmt: skip
+def test_bad_template_weights_are_refused(weights, match):
+    with pytest.raises(ValueError, match=match):
+        params = SynRSParams(template_weights=weights)
+        for kind in ("single", "multi", "none"):
+            template_probabilities(params, kind)
 
 
 def test_singular_nearest_has_margin(pool):
