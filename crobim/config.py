@@ -277,6 +277,8 @@ class OptimConfig:
     eps: float = 1e-8
     amsgrad: bool = False
     poly_power: float = 0.9
+    #: Linear warmup over the first iterations (0: none, as in the paper; helps from-scratch CPU presets).
+    warmup_iters: int = 0
     #: Parameter-name substrings that go to the no-decay group (biases, prompts and scale embeddings always do).
     no_decay_keywords: tuple[str, ...] = ("norm", "absolute_pos_embed", "relative_position_bias_table")
 
@@ -285,6 +287,8 @@ class OptimConfig:
         _check_positive(self, "lr", "eps", "poly_power")
         if self.weight_decay < 0:
             _fail(self, "weight_decay", self.weight_decay, "a non-negative value")
+        if self.warmup_iters < 0:
+            _fail(self, "warmup_iters", self.warmup_iters, "a non-negative number of iterations")
 
 
 @dataclass

@@ -78,19 +78,27 @@ def build_optimizer(model: nn.Module, config: CroBIMConfig) -> torch.optim.AdamW
     return optimizer
 
 
-def poly_lr_lambda(total_iters: int, power: float = 0.9) -> Callable[[int], float]:
-    """Multiplier (1 - t / total_iters) ** power for iteration t (clamped at 0 after the end)."""
+def poly_lr_lambda(total_iters: int, power: float = 0.9, warmup_iters: int = 0) -> Callable[[int], float]:
+    """Multiplier (1 - t / total_iters) ** power for iteration t (clamped at 0 after the end), times a linear
+    warmup (t + 1) / warmup_iters over the first ``warmup_iters`` iterations (0 = none, the paper's recipe)."""
     if total_iters <= 0:
         raise ValueError(f"total_iters = {total_iters} must be positive (iters_per_epoch * epochs)")
+    if warmup_iters < 0:
+        raise ValueError(f"warmup_iters = {warmup_iters} must be >= 0")
 
     def factor(step: int) -> float:
-        return max(0.0, 1.0 - min(step, total_iters) / total_iters) ** power
+        poly = max(0.0, 1.0 - min(step, total_iters) / total_iters) ** power
+        return poly * min(1.0, (step + 1) / warmup_iters) if warmup_iters else poly
 
     return factor
 
 
 def build_scheduler(
-    optimizer: torch.optim.Optimizer, total_iters: int, power: float = 0.9
+    optimizer: torch.optim.Optimizer, total_iters: int, optim: OptimConfig | None = None
 ) -> torch.optim.lr_scheduler.LambdaLR:
-    """Per-iteration poly schedule (call ``scheduler.step()`` after every optimizer step)."""
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, poly_lr_lambda(total_iters, power))
+    """Per-iteration poly schedule with ``optim.poly_power`` and ``optim.warmup_iters`` (defaults without
+    ``optim``); call ``scheduler.step()`` after every optimizer step."""
+    optim = optim or OptimConfig()
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, poly_lr_lambda(total_iters, optim.poly_power, optim.warmup_iters)
+    )

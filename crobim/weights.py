@@ -253,7 +253,12 @@ def load_checkpoint(directory: str | Path, *, map_location: str | torch.device =
             f"{weights_path} is truncated or corrupt ({exc}); re-save it with CroBIM.save_pretrained"
         ) from exc
     if "crobim_config" in metadata:
-        diffs = _config_differences(config.to_dict(), json.loads(metadata["crobim_config"]))
+        # Both sides parsed, so keys added to the config since the checkpoint was written take their defaults.
+        try:
+            saved = CroBIMConfig.from_dict(json.loads(metadata["crobim_config"])).to_dict()
+        except (ValueError, json.JSONDecodeError) as exc:
+            raise CheckpointError(f"{weights_path} carries an unreadable config ({exc})") from exc
+        diffs = _config_differences(config.to_dict(), saved)
         if diffs:
             raise CheckpointError(
                 f"{folder / CONFIG_NAME} does not match the config saved with the weights: {diffs}"

@@ -86,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import ray
 
+    from crobim.errors import CheckpointError
     from crobim.training.config import load_train_config
     from crobim.training.trainer import run_training
 
@@ -97,7 +98,11 @@ def main(argv: list[str] | None = None) -> int:
     address = args.address or os.environ.get("RAY_ADDRESS")
     if not ray.is_initialized():
         _init_ray(ray, address)
-    summary = run_training(cfg)
+    try:
+        summary = run_training(cfg)
+    except (CheckpointError, FileNotFoundError) as err:  # bad input, found before any worker starts
+        print(f"train.py: error: {err}", file=sys.stderr)
+        return 2
     best = summary.best_metrics
     print(
         json.dumps(

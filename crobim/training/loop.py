@@ -115,7 +115,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             f"batch_size={sched.batch_size} on {world} workers; lower schedule.batch_size"
         )
     total_iters = ipe * sched.epochs if sched.max_steps is None else min(ipe * sched.epochs, sched.max_steps)
-    scheduler = build_scheduler(optimizer, total_iters)
+    scheduler = build_scheduler(optimizer, total_iters, model_cfg.optim)
 
     state = TrainerState(train_config=cfg.to_dict())
     checkpoint = ray.train.get_checkpoint()

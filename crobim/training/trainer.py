@@ -9,6 +9,7 @@ Re-running with the same storage path and name resumes from the latest checkpoin
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from collections.abc import Callable
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from crobim.errors import CheckpointError
 from crobim.training.config import TrainConfig, build_model_config
 from crobim.training.data import build_reference_set, epoch_rows, to_dataset, train_dataset_name
 
@@ -157,6 +159,20 @@ def _progress_callback() -> Any:  # noqa: ANN401
     return _Progress()
 
 
+def _with_absolute_init_weights(cfg: TrainConfig) -> TrainConfig:
+    """``init_weights`` as an absolute path (workers do not share the driver's working directory), checked here
+    so that a wrong path fails before any worker starts."""
+    if not cfg.init_weights:
+        return cfg
+    path = Path(cfg.init_weights).expanduser().resolve()
+    if not (path / "config.json").is_file():
+        raise CheckpointError(
+            f"init_weights {cfg.init_weights!r} ({path}) is not a checkpoint folder: config.json is missing "
+            "(a folder written by CroBIM.save_pretrained, e.g. <storage-path>/<name>/best)"
+        )
+    return dataclasses.replace(cfg, init_weights=str(path))
+
+
 def build_trainer(cfg: TrainConfig, *, callbacks: list[Any] | None = None) -> Any:  # noqa: ANN401
     """Build the `TorchTrainer` for a run (datasets of references, loop config, scaling, run config)."""
     from ray.data import DataContext
@@ -165,6 +181,7 @@ def build_trainer(cfg: TrainConfig, *, callbacks: list[Any] | None = None) -> An
 
     from crobim.training.loop import train_loop_per_worker
 
+    cfg = _with_absolute_init_weights(cfg)
     model_cfg = build_model_config(cfg)
     keep_negatives = bool(model_cfg.presence.enabled and cfg.data.negatives)
     train_refs = build_reference_set(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from types import SimpleNamespace
 
 import pytest
@@ -75,3 +76,23 @@ def test_poly_schedule_per_iteration(model_and_config):
     assert optimizer.param_groups[0]["lr"] == pytest.approx(config.optim.lr * 0.5**0.9)
     with pytest.raises(ValueError, match="total_iters"):
         poly_lr_lambda(0)
+
+
+def test_warmup_then_poly_with_the_configured_power(model_and_config):
+    model, config = model_and_config
+    factor = poly_lr_lambda(100, 2.0, warmup_iters=10)
+    assert factor(0) == pytest.approx(0.1 * 1.0)
+    assert factor(4) == pytest.approx(0.5 * 0.96**2)
+    assert factor(50) == pytest.approx(0.25)
+    optim = dataclasses.replace(config.optim, poly_power=2.0, warmup_iters=4)
+    optimizer = build_optimizer(model, config)
+    scheduler = build_scheduler(optimizer, total_iters=10, optim=optim)
+    lrs = []
+    for _ in range(6):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    expected = [config.optim.lr * min(1.0, (t + 1) / 4) * (1 - t / 10) ** 2 for t in range(6)]
+    assert lrs == pytest.approx(expected)
+    with pytest.raises(ValueError, match="warmup_iters"):
+        poly_lr_lambda(10, warmup_iters=-1)

@@ -8,6 +8,7 @@ import socket
 
 import pytest
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from crobim import CroBIM, build_model
@@ -91,6 +92,29 @@ def test_config_mismatch_is_reported(saved, tmp_path):
     (bad / "config.json").write_text(json.dumps(config))
     with pytest.raises(CheckpointError, match=r"mid\.depth: config.json 3 vs weights 2"):
         CroBIM.from_pretrained(bad)
+
+
+def test_checkpoint_from_before_a_new_config_key_loads(saved, tmp_path):
+    """A key added to the config later (here optim.warmup_iters) is absent from older checkpoints: both the
+    folder's config.json and the config stored with the weights then take its default."""
+    _, folder = saved
+    old = tmp_path / "older"
+    old.mkdir()
+    (old / "tokenizer").symlink_to(folder / "tokenizer")
+    (old / "text_encoder_config.json").write_bytes((folder / "text_encoder_config.json").read_bytes())
+    config = json.loads((folder / "config.json").read_text())
+    del config["optim"]["warmup_iters"]
+    (old / "config.json").write_text(json.dumps(config))
+    with safe_open(str(folder / "model.safetensors"), framework="pt") as handle:
+        metadata = dict(handle.metadata())
+    stored = json.loads(metadata["crobim_config"])
+    del stored["optim"]["warmup_iters"]
+    save_file(
+        load_file(folder / "model.safetensors"),
+        old / "model.safetensors",
+        metadata | {"crobim_config": json.dumps(stored)},
+    )
+    assert CroBIM.from_pretrained(old).config.optim.warmup_iters == 0
 
 
 def test_missing_and_unexpected_keys_are_listed(saved, tmp_path):

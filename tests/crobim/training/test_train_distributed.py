@@ -240,3 +240,23 @@ def test_killed_worker_recovers_from_last_checkpoint(ray_local, synrs_root, text
     for ckpt in _checkpoint_dirs(run_dir):
         assert sorted(p.name for p in ckpt.iterdir()) == sorted(CHECKPOINT_FILES), ckpt
     assert Path(summary.best_uri, "model.safetensors").is_file()
+
+
+def test_init_weights_is_resolved_on_the_driver_and_checked(
+    ray_local, synrs_root, text_dir, tmp_path, monkeypatch
+):
+    """Workers do not share the driver's working directory: a relative init_weights becomes absolute, and a
+    folder without a checkpoint fails before any worker starts."""
+    from crobim import build_model
+    from crobim.errors import CheckpointError
+    from crobim.training.config import build_model_config
+    from crobim.training.trainer import build_trainer
+
+    cfg = _config(synrs_root, text_dir, tmp_path / "runs", "init")
+    build_model(build_model_config(cfg)).save_pretrained(tmp_path / "start")
+    monkeypatch.chdir(tmp_path)
+    raw = cfg.to_dict() | {"init_weights": "start"}
+    trainer = build_trainer(type(cfg).from_dict(raw))
+    assert trainer.train_loop_config["train"]["init_weights"] == str(tmp_path / "start")
+    with pytest.raises(CheckpointError, match="no-such-run"):
+        build_trainer(type(cfg).from_dict(raw | {"init_weights": "no-such-run/best"}))
