@@ -175,6 +175,7 @@ def _with_absolute_init_weights(cfg: TrainConfig) -> TrainConfig:
 
 def build_trainer(cfg: TrainConfig, *, callbacks: list[Any] | None = None) -> Any:  # noqa: ANN401
     """Build the `TorchTrainer` for a run (datasets of references, loop config, scaling, run config)."""
+    import ray.data
     from ray.data import DataContext
     from ray.train import ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -218,11 +219,10 @@ def build_trainer(cfg: TrainConfig, *, callbacks: list[Any] | None = None) -> An
             train_refs, epoch=epoch, seed=shuffle_seed, step_rows=step_rows, rank=rank, world_size=world_size
         )
 
-    # Train V2 serves only the names passed here; configure() replaces each epoch's full-order dataset with
-    # the per-rank ones.
-    datasets = {
-        train_dataset_name(e): to_dataset(train_rows(e, 0, 1), **decode) for e in range(cfg.schedule.epochs)
-    }
+    # Train V2 serves only the names passed here; configure() builds each epoch's per-rank datasets itself, so
+    # the epochs' entries share one single-row stand-in that is never read.
+    stand_in = ray.data.from_items([{"stand_in": 0}])
+    datasets = {train_dataset_name(e): stand_in for e in range(cfg.schedule.epochs)}
     datasets["val"] = to_dataset(val_refs.rows, **decode)
     loop_config = {
         "train": cfg.to_dict(),
