@@ -54,13 +54,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=args.log_level, format="%(levelname)s %(name)s: %(message)s")
     from tqdm import tqdm
 
-    from crobim.data.synrs import SynRSParams, template_probabilities, write_dataset
+    from crobim.data.synrs import SynRSParams, write_dataset
     from crobim.training.config import parse_override
 
     try:
         params = SynRSParams.from_overrides([parse_override(text) for text in args.params])
-        for kind in ("single", "multi", "none"):
-            template_probabilities(params, kind)
     except (ValueError, TypeError) as err:
         print(f"error: bad --set: {err}", file=sys.stderr)
         return 2

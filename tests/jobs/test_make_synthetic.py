@@ -45,6 +45,12 @@ def test_set_changes_generator_parameters(tmp_path, capsys):
     params = json.loads((out / "synrs_info.json").read_text())["params"]
     assert params["p_multi"] == 0.5 and params["template_weights"] == [["multi/near", 4.0]]
     capsys.readouterr()
-    for bad in ("nearness=0.1", "template_weights={multi/nope: 1}"):
-        assert _job().main(["--out", str(tmp_path / "x"), "--train", "2", "--size", "64", "--set", bad]) == 2
-        assert "bad --set" in capsys.readouterr().err
+    for bad, message in (
+        ("nearness=0.1", "unknown SynRS parameter"),
+        ("template_weights={multi/nope: 1}", "unknown templates"),
+    ):
+        assert (
+            _job().main(["--out", str(out), "--train", "2", "--size", "64", "--overwrite", "--set", bad]) == 2
+        )
+        assert message in capsys.readouterr().err
+    assert (out / "synrs_info.json").is_file()  # the refused runs left the existing dataset alone

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from crobim.data.synrs.expressions import Expression, make_expressions
+from crobim.data.synrs.expressions import Expression, make_expressions, template_probabilities
 from crobim.data.synrs.render import render_scene
 from crobim.data.synrs.scene import GENERATOR_VERSION, SceneGraph, SynRSParams
 
@@ -108,10 +108,12 @@ def write_dataset(
         The summary also written to ``synrs_info.json``.
 
     Raises:
-        ValueError: For an unknown split, a negative count or a bad size.
+        ValueError: For an unknown split, a negative count, a bad size or bad template weights.
         FileExistsError: If ``out`` already holds a dataset and ``overwrite`` is False.
     """
     params = params or SynRSParams()
+    for kind in ("single", "multi", "none"):
+        template_probabilities(params, kind)  # a bad template name fails before anything is written
     for split, n in counts.items():
         if split not in SPLITS or n < 0:
             raise ValueError(f"counts[{split!r}] = {n}: splits must be in {SPLITS} with counts >= 0")
