@@ -56,8 +56,9 @@ class DataSettings:
         skip_known_bad: drop the readers' published list of broken training files (DATA_AND_EVAL.md §2, §5).
         decode_cpus: CPUs reserved by each decode/resize/tokenize actor.
         decode_concurrency: at most this many decode actors per dataset, as CPUs allow (each rank has its own
-            training dataset per epoch); every actor opens the reader and tokenizer once. Fractional-CPU tasks instead made Ray start and
-            reap worker processes continually, at ~20x the cost of the decoding itself on a small node.
+            training dataset per epoch); every actor opens the reader and tokenizer once. Fractional-CPU tasks
+            instead made Ray start and reap worker processes continually, at ~20x the cost of the decoding
+            itself on a small node.
     """
 
     dataset: DatasetName = "synrs"

@@ -77,8 +77,6 @@ def build_data_config(
     from ray.data import ExecutionOptions
     from ray.train import DataConfig
 
-    from crobim.training.data import to_dataset, train_dataset_name
-
     class _TrainValDataConfig(DataConfig):
         def configure(  # noqa: ANN202
             self,

@@ -540,9 +540,11 @@ def template_probabilities(params: SynRSParams, kind: Kind) -> np.ndarray | None
     return w / w.sum()
 
 
-def _draw(rel: SceneRelations, rng: np.random.Generator, kind: Kind, tries: int) -> Expression | None:
+def _draw(
+    rel: SceneRelations, rng: np.random.Generator, kind: Kind, probs: np.ndarray | None, tries: int
+) -> Expression | None:
+    """Up to ``tries`` template draws of ``kind`` (``probs`` from ``template_probabilities``) until one applies."""
     templates = tuple(_TEMPLATES[kind].values())
-    probs = template_probabilities(rel.p, kind)
     for _ in range(tries):
         # The uniform draw stays rng.integers so that default parameters reproduce earlier datasets' expressions.
         index = (
@@ -577,21 +579,22 @@ def make_expressions(
     params = params or SynRSParams()
     rel = SceneRelations(graph, params)
     n = params.expressions_per_scene if n is None else n
-    probs = np.array([params.p_single, params.p_multi, params.p_none], dtype=np.float64)
-    probs /= probs.sum()
     kinds: tuple[Kind, ...] = ("single", "multi", "none")
+    kind_probs = np.array([params.p_single, params.p_multi, params.p_none], dtype=np.float64)
+    kind_probs /= kind_probs.sum()
+    probs = {kind: template_probabilities(params, kind) for kind in kinds}
     out: list[Expression] = []
     seen_text: set[str] = set()
     seen_sets: set[tuple[int, ...]] = set()
     for _ in range(n):
-        kind = kinds[int(rng.choice(3, p=probs))]
+        kind = kinds[int(rng.choice(3, p=kind_probs))]
         order: tuple[Kind, ...] = (
             (kind,) if kind == "none" else (kind, "multi" if kind == "single" else "single")
         )
         for k in order:
             found = None
             for _attempt in range(4):
-                expr = _draw(rel, rng, k, tries=6)
+                expr = _draw(rel, rng, k, probs[k], tries=6)
                 if expr is None:
                     break
                 key = tuple(sorted(expr.referents))
