@@ -12,8 +12,9 @@ dataset (the sample count must match the paper). Exit codes: 0 done, 2 bad input
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
+
+from crobim.cli import add_console_arguments, configure_logging
 
 __all__ = ["build_parser", "main"]
 
@@ -38,15 +39,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--empty-area", type=int, default=0, help="predictions with <= this many pixels are empty")
     p.add_argument("--examples", type=int, default=4, help="best and worst samples in examples.png")
     p.add_argument("--overwrite", action="store_true", help="replace reports already in --out")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    add_console_arguments(p)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the job; returns the exit code."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level, format="%(levelname)s %(name)s: %(message)s")
+    configure_logging(args.log_level)
     from pathlib import Path
 
     from crobim import CroBIM

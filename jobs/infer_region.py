@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 from typing import TYPE_CHECKING
+
+from crobim.cli import add_console_arguments, configure_logging
 
 if TYPE_CHECKING:
     from pipelines.region import RegionJobConfig, RegionResult
@@ -70,7 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--actors", type=int, default=1, help="most inference actors")
     r.add_argument("--gpus-per-actor", type=float, default=0.0, help="GPUs per inference actor (0: CPU)")
     r.add_argument("--cpus-per-actor", type=float, default=1.0, help="CPUs reserved per inference actor")
-    r.add_argument("--read-cpus", type=float, default=0.5, help="CPUs per read task")
+    r.add_argument("--read-cpus", type=float, default=1.0, help="CPUs reserved per read task")
+    r.add_argument("--write-cpus", type=float, default=1.0, help="CPUs reserved per write task")
     r.add_argument("--torch-threads", type=int, help="torch threads per actor (default: its CPUs)")
     r.add_argument(
         "--inference-resource",
@@ -86,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="offline quickstart: demo region (generated on first use, cached), its catalog, the shipped demo "
         "model, default queries, out/demo, map.html and a precision/recall report; flags you give win",
     )
-    r.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_console_arguments(r)
     return p
 
 
@@ -138,6 +140,7 @@ def config_from_args(args: argparse.Namespace) -> RegionJobConfig:
         gpus_per_actor=args.gpus_per_actor,
         cpus_per_actor=args.cpus_per_actor,
         read_cpus=args.read_cpus,
+        write_cpus=args.write_cpus,
         torch_threads=args.torch_threads,
         inference_resource=args.inference_resource,
         overwrite=args.overwrite,
@@ -174,7 +177,7 @@ def _print_summary(r: RegionResult) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Parse, plan or run, print the summary; returns the exit code."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(args.log_level)
     from pipelines.errors import PipelineError
     from pipelines.provenance import FingerprintMismatchError
 

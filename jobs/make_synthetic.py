@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
+
+from crobim.cli import add_console_arguments, configure_logging
 
 __all__ = ["build_parser", "main"]
 
@@ -43,15 +44,14 @@ def build_parser() -> argparse.ArgumentParser:
         "repeatable",
     )
     p.add_argument("--overwrite", action="store_true", help="replace a dataset already in --out")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    add_console_arguments(p)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the job; returns the exit code."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level, format="%(levelname)s %(name)s: %(message)s")
+    configure_logging(args.log_level)
     from tqdm import tqdm
 
     from crobim.data.synrs import SynRSParams, write_dataset

@@ -13,6 +13,8 @@ import logging
 import os
 import sys
 
+from crobim.cli import add_console_arguments, configure_logging
+
 
 def build_parser() -> argparse.ArgumentParser:
     """Command-line flags; every flag maps onto a `TrainConfig` key."""
@@ -42,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="Ray cluster address (ray://HOST:10001 or HOST:6379); default $RAY_ADDRESS, else a local Ray",
     )
-    p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    add_console_arguments(p, progress=False)
     return p
 
 
@@ -80,7 +82,7 @@ def _init_ray(ray: object, address: str | None, attempts: int = 3) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Parse flags, connect to Ray, train (or resume), export the best checkpoint, print a summary."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(args.log_level)
     # Train V2 semantics (resume by storage path + name); default since Ray 2.51, pinned here.
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
 

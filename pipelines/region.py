@@ -69,8 +69,10 @@ class RegionJobConfig:
     actors: int = 1
     gpus_per_actor: float = 0.0
     cpus_per_actor: float = 1.0
-    read_cpus: float = 0.5
-    write_cpus: float = 0.25
+    # Reads (decode, warp) and writes (Zarr, polygons) keep a core busy while they run; reserving less
+    # oversubscribes small machines and slows the inference actor (docs/benchmarks.md, issue 5).
+    read_cpus: float = 1.0
+    write_cpus: float = 1.0
     torch_threads: int | None = None
     inference_resource: str | None = None
     max_restarts: int = 3
@@ -88,6 +90,7 @@ class RegionJobConfig:
             ("gpus_per_actor", self.gpus_per_actor, self.gpus_per_actor >= 0, ">= 0"),
             ("cpus_per_actor", self.cpus_per_actor, self.cpus_per_actor > 0, "> 0"),
             ("read_cpus", self.read_cpus, self.read_cpus > 0, "> 0"),
+            ("write_cpus", self.write_cpus, self.write_cpus > 0, "> 0"),
             ("threshold", self.threshold, 0.0 < self.threshold <= 1.0, "in (0, 1]"),
             ("min_area_m2", self.min_area_m2, self.min_area_m2 >= 0, ">= 0"),
             (

@@ -15,7 +15,15 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 
 # Fixture modules shared across test packages (servers, COG writers, Ray runtime, ...).
-pytest_plugins: list[str] = ["tests.fixtures.servers", "tests.fixtures.cogs", "tests.fixtures.s3", "tests.fixtures.ray_cluster", "tests.fixtures.ray_runtime", "tests.fixtures.crobim_data", "tests.fixtures.crobim_models"]
+pytest_plugins: list[str] = [
+    "tests.fixtures.servers",
+    "tests.fixtures.cogs",
+    "tests.fixtures.s3",
+    "tests.fixtures.ray_cluster",
+    "tests.fixtures.ray_runtime",
+    "tests.fixtures.crobim_data",
+    "tests.fixtures.crobim_models",
+]
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -35,5 +43,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def shared_data() -> Path:
     """Path to ``../shared/data`` (real rasters and STAC items); skips when it is absent."""
     if not SHARED_DATA.is_dir():
-        pytest.skip(f"reference data folder {SHARED_DATA} is absent (expected ../shared/data beside the checkout)")
+        pytest.skip(
+            f"reference data folder {SHARED_DATA} is absent (expected ../shared/data beside the checkout)"
+        )
     return SHARED_DATA

@@ -23,7 +23,7 @@ class PixelWordAttention(nn.Module):
     """Language-to-vision interaction at one scale (PWAM-like, after yz93/LAVT-RIS ``lib/backbone.py::PWAM``).
 
     Pixels query the words: Q = 1x1 conv + InstanceNorm of the map, K and V = Linear of the words, scaled dot product
-    over the words with padding set to -1e4, then an output projection. The result is multiplied with a GELU
+    over the words with padding set to -1e4, then an output projection (applied to the values, see ``fuse``). The result is multiplied with a GELU
     projection of the map (G) and added to the map through a channel tanh gate.
 
     The image-only projections (``prepare``) are separated from the word attention (``fuse``) so that ``decode``
@@ -68,12 +68,14 @@ class PixelWordAttention(nn.Module):
         n, d, h, w = query.shape
         q = query.flatten(2).transpose(1, 2)  # (N, d, H, W) -> (N, HW, d)
         k = self.key(words)  # (N, L, d)
-        v = self.value(words)  # (N, L, d)
+        # attn_out (a 1x1 conv) acts on a convex combination of the values, so it is applied to the L values
+        # instead of the HW outputs: the same result, HW / L times cheaper per image-query pair.
+        v = F.linear(self.value(words), self.attn_out.weight.flatten(1), self.attn_out.bias)  # (N, L, d)
         scores = q @ k.transpose(1, 2) / d**0.5  # (N, HW, L)
         scores = scores.masked_fill(word_mask[:, None, :] == 0, _MASKED_SCORE)
         attn = scores.softmax(dim=-1)
         out = (attn @ v).transpose(1, 2).reshape(n, d, h, w)  # (N, HW, d) -> (N, d, H, W)
-        g = self.fused_proj(gate_in * self.attn_out(out))  # (N, Co, H, W)
+        g = self.fused_proj(gate_in * out)  # (N, Co, H, W)
         return residual + self.gate(g) * g, attn
 
 

@@ -1,19 +1,18 @@
 """Ray Data input for training (PIPELINE.md §7, DATA_AND_EVAL.md §1): sample references -> decoded batches.
 
-Rows start as references (dataset, root, split, index, sample id, no_target flag), built on the driver
-from the reader's index without reading any pixels. A streaming CPU `map_batches` actor pool opens the
-reader once per actor, decodes image and mask, resizes and normalises the image with the model's own
-`preprocess_images` settings, resizes the mask with `crobim.transforms.resize_mask` and tokenises the
-expression with the model's tokenizer. Every rank gets its own dataset per epoch (`epoch_rows`: a seeded
-permutation cut into global micro-steps, the rank's slice of each), read with `ray.train.get_dataset_shard`;
-validation is split across the ranks. No process holds the dataset: the driver keeps only the references.
+References are reader indices into one split (`SampleSource`), built on the driver from the reader's index
+without reading any pixels. A streaming CPU `map_batches` actor pool opens the reader once per actor, decodes
+image and mask, resizes and normalises the image with the model's own `preprocess_images` settings, resizes the
+mask with `crobim.transforms.resize_mask` and tokenises the expression with the model's tokenizer. Every rank
+gets its own dataset per epoch (`epoch_indices`: a seeded permutation cut into global micro-steps, the rank's
+slice of each), read with `ray.train.get_dataset_shard`; validation is split across the ranks. No process holds
+the dataset: the object store keeps only the indices (8 bytes per sample and epoch).
 """
 
 from __future__ import annotations
 
 import functools
 import logging
-import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,8 +25,9 @@ __all__ = [
     "DecodeBatch",
     "ReferenceSet",
     "build_reference_set",
+    "SampleSource",
     "decode_references",
-    "epoch_rows",
+    "epoch_indices",
     "make_reader",
     "to_dataset",
     "train_dataset_name",
@@ -67,28 +67,51 @@ def _cached_tokenizer(model_config_json: str, tokenizer_dir: str | None) -> Any:
 
 
 @dataclass(frozen=True)
+class SampleSource:
+    """Where references point: one split of one dataset, opened with `make_reader`."""
+
+    dataset: str
+    root: str
+    split: str
+    skip_known_bad: bool = True
+
+    def open(self) -> Any:  # noqa: ANN401
+        """The reader, cached per process."""
+        return _cached_reader(self.dataset, self.root, self.split, self.skip_known_bad)
+
+
+@dataclass(frozen=True)
 class ReferenceSet:
-    """References of one split, ready to become a Ray Dataset.
+    """References of one split, ready to become a Ray Dataset: reader indices, no pixels.
 
     Attributes:
-        rows: one dict per sample (`dataset`, `root`, `split`, `index`, `sample_id`, `skip_known_bad`,
-            `no_target`).
-        num_target: samples with a referent.
-        num_no_target: samples without one.
+        source: the split the indices point into.
+        indices: (N,) int64 reader indices, in file order.
+        no_target: (N,) bool, True where the annotation has no referent.
     """
 
-    rows: list[dict[str, Any]]
-    num_target: int
-    num_no_target: int
+    source: SampleSource
+    indices: np.ndarray
+    no_target: np.ndarray
 
     def __len__(self) -> int:
-        return len(self.rows)
+        return len(self.indices)
+
+    @property
+    def num_no_target(self) -> int:
+        """Samples without a referent."""
+        return int(self.no_target.sum())
+
+    @property
+    def num_target(self) -> int:
+        """Samples with a referent."""
+        return len(self) - self.num_no_target
 
 
 def build_reference_set(
     data: DataSettings, split: str, *, limit: int | None, keep_no_target: bool
 ) -> ReferenceSet:
-    """Read a split's index (no pixels) and build its reference rows.
+    """Read a split's index (no pixels) and build its references.
 
     Args:
         data: the run's data settings.
@@ -99,48 +122,43 @@ def build_reference_set(
     Returns:
         The references.
     """
-    reader = make_reader(data.dataset, data.root, split, data.skip_known_bad)
-    rows = []
+    source = SampleSource(data.dataset, str(data.root), split, bool(data.skip_known_bad))
+    reader = make_reader(source.dataset, source.root, split, source.skip_known_bad)
+    indices, flags = [], []
     for i in range(len(reader)):
         rec = reader.record(i)
         # SynRS keeps the flag in its metadata; the target-only real sets have none (False).
         no_target = bool(rec.get("no_target", rec.get("synrs", {}).get("no_target", False)))
         if no_target and not keep_no_target:
             continue
-        rows.append(
-            {
-                "dataset": data.dataset,
-                "root": str(data.root),
-                "split": split,
-                "index": i,
-                "sample_id": str(rec.get("sample_id", i)),
-                "skip_known_bad": bool(data.skip_known_bad),
-                "no_target": no_target,
-            }
-        )
-        if limit is not None and len(rows) >= limit:
+        indices.append(i)
+        flags.append(no_target)
+        if limit is not None and len(indices) >= limit:
             break
-    if not rows:
+    if not indices:
         raise ValueError(
             f"{data.dataset} split {split!r} under {data.root!r} has no usable samples "
             f"(keep_no_target={keep_no_target}, limit={limit})"
         )
-    n_neg = sum(r["no_target"] for r in rows)
-    return ReferenceSet(rows=rows, num_target=len(rows) - n_neg, num_no_target=n_neg)
+    return ReferenceSet(source, np.asarray(indices, dtype=np.int64), np.asarray(flags, dtype=bool))
 
 
 class DecodeBatch:
-    """Map stage: reference rows -> decoded, resized, normalised, tokenised numpy columns.
+    """Map stage: reader indices -> decoded, resized, normalised, tokenised numpy columns.
 
-    A plain picklable callable (Ray Data runs it in CPU tasks); the reader and tokenizer are opened
+    A plain picklable callable (Ray Data runs it in an actor pool); the reader and tokenizer are opened
     once per worker process and cached.
 
     Args:
+        source: the split the `index` column points into.
         model_config_json: `CroBIMConfig.to_json()` (input size, mean/std, interpolation, max_len).
         tokenizer_dir: a saved tokenizer folder (from `save_pretrained`); None builds it from the config.
     """
 
-    def __init__(self, model_config_json: str, tokenizer_dir: str | None = None) -> None:
+    def __init__(
+        self, source: SampleSource, model_config_json: str, tokenizer_dir: str | None = None
+    ) -> None:
+        self.source = source
         self.model_config_json = model_config_json
         self.tokenizer_dir = tokenizer_dir
         cfg = CroBIMConfig.from_json(model_config_json)
@@ -164,36 +182,30 @@ class DecodeBatch:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         from crobim.transforms import preprocess_images, resize_mask
 
-        images, masks, texts, no_target = [], [], [], []
-        for dataset, root, split, skip, index in zip(
-            batch["dataset"],
-            batch["root"],
-            batch["split"],
-            batch["skip_known_bad"],
-            batch["index"],
-            strict=True,
-        ):
-            sample = _cached_reader(str(dataset), str(root), str(split), bool(skip))[int(index)]
-            images.append(sample.image)
-            masks.append(resize_mask(sample.mask, self.size))
-            texts.append(sample.text)
-            no_target.append(sample.no_target)
+        reader = self.source.open()
+        indices = np.asarray(batch["index"], dtype=np.int64)
+        samples = [reader[int(i)] for i in indices]
         pixels = preprocess_images(
-            images, size=self.size, mean=self.mean, std=self.std, interpolation=self.interpolation
+            [s.image for s in samples],
+            size=self.size,
+            mean=self.mean,
+            std=self.std,
+            interpolation=self.interpolation,
         )  # (B, 3, H, W) float32, normalised
-        tokens = self.tokenize(texts)
+        tokens = self.tokenize([s.text for s in samples])
         return {
             "image": pixels.numpy(),
-            "mask": np.stack(masks).astype(np.uint8),
+            "mask": np.stack([resize_mask(s.mask, self.size) for s in samples]).astype(np.uint8),
             "input_ids": tokens["input_ids"],
             "attention_mask": tokens["attention_mask"],
-            "no_target": np.asarray(no_target, dtype=bool),
-            "index": np.asarray(batch["index"], dtype=np.int64),
+            "no_target": np.asarray([s.no_target for s in samples], dtype=bool),
+            "index": indices,
         }
 
 
 def to_dataset(
-    rows: list[dict[str, Any]],
+    source: SampleSource,
+    indices: np.ndarray,
     *,
     model_config_json: str,
     tokenizer_dir: str | None = None,
@@ -202,16 +214,19 @@ def to_dataset(
     decode_batch_size: int = 16,
     rows_per_block: int = 64,
 ) -> Any:  # noqa: ANN401
-    """Turn reference rows into a streaming Ray Dataset of decoded batches, in the rows' order.
+    """Turn reader indices into a streaming Ray Dataset of decoded batches, in the indices' order.
+
+    Only the indices (8 bytes a sample) enter the object store here; pixels are read when the dataset is iterated.
 
     Args:
-        rows: reference rows (`ReferenceSet.rows`, or one rank's epoch from `epoch_rows`).
+        source: the split the indices point into.
+        indices: (N,) reader indices (`ReferenceSet.indices`, or one rank's epoch from `epoch_indices`).
         model_config_json: the model config (sizes, tokenizer) as JSON.
         tokenizer_dir: saved tokenizer folder, or None to build it from the config.
         decode_cpus: CPUs per decode actor.
         decode_concurrency: at most this many decode actors, at least one (see `DataSettings.decode_concurrency`).
-        decode_batch_size: references decoded per call.
-        rows_per_block: references per input block. Ray Data's cost is per block: one-reference blocks
+        decode_batch_size: samples decoded per call.
+        rows_per_block: indices per input block. Ray Data's cost is per block: one-sample blocks
             add Ray overhead for nothing.
 
     Returns:
@@ -219,12 +234,19 @@ def to_dataset(
     """
     import ray.data
 
-    if not rows:
-        raise ValueError("no reference rows to decode")
-    ds = ray.data.from_items(rows, override_num_blocks=max(1, math.ceil(len(rows) / rows_per_block)))
+    indices = np.asarray(indices, dtype=np.int64)
+    if not len(indices):
+        raise ValueError("no references to decode")
+    # from_items, not from_arrow: from_arrow datasets hung a 2-node training run (tests/cluster) that this passes.
+    rows = [{"index": int(i)} for i in indices]
+    ds = ray.data.from_items(rows, override_num_blocks=max(1, -(-len(rows) // rows_per_block)))
     return ds.map_batches(
         DecodeBatch,
-        fn_constructor_kwargs={"model_config_json": model_config_json, "tokenizer_dir": tokenizer_dir},
+        fn_constructor_kwargs={
+            "source": source,
+            "model_config_json": model_config_json,
+            "tokenizer_dir": tokenizer_dir,
+        },
         batch_size=decode_batch_size,
         num_cpus=decode_cpus,
         compute=ray.data.ActorPoolStrategy(min_size=1, max_size=decode_concurrency),
@@ -232,13 +254,13 @@ def to_dataset(
     )
 
 
-def epoch_rows(
+def epoch_indices(
     refs: ReferenceSet, *, epoch: int, seed: int | None, step_rows: int, rank: int, world_size: int
-) -> list[dict[str, Any]]:
-    """One rank's training rows for one epoch, in training order.
+) -> np.ndarray:
+    """One rank's training samples for one epoch, as reader indices in training order.
 
     The epoch's order is a permutation of all references seeded by (seed, epoch) (file order when `seed` is
-    None), cut into global micro-steps of `step_rows` references (all ranks together); rank r takes rows
+    None), cut into global micro-steps of `step_rows` samples (all ranks together); rank r takes rows
     [r * m, (r + 1) * m) of every step, m = step_rows // world_size, and the incomplete last step is dropped.
     So the global batches hold the same samples whatever the number of workers, every epoch has its own order,
     and a resumed or restarted run replays exactly the epochs it has left.
@@ -247,20 +269,20 @@ def epoch_rows(
         refs: the training references.
         epoch: 0-based epoch.
         seed: the run's seed, or None to keep the file order.
-        step_rows: references per global micro-step (`num_workers x micro-batch`).
+        step_rows: samples per global micro-step (`num_workers x micro-batch`).
         rank: this worker's rank.
         world_size: number of workers (divides `step_rows`).
 
     Returns:
-        `(len(refs) // step_rows) * m` rows.
+        `(len(refs) // step_rows) * m` reader indices (int64).
     """
     if step_rows % world_size:
         raise ValueError(f"step_rows={step_rows} is not a multiple of world_size={world_size}")
-    n = len(refs.rows)
+    n = len(refs)
     order = np.arange(n) if seed is None else np.random.default_rng([seed, epoch]).permutation(n)
     steps = n // step_rows
     mine = order[: steps * step_rows].reshape(steps, world_size, step_rows // world_size)[:, rank].reshape(-1)
-    return [refs.rows[int(i)] for i in mine]
+    return refs.indices[mine]
 
 
 def train_dataset_name(epoch: int) -> str:
@@ -272,8 +294,4 @@ def decode_references(
     refs: ReferenceSet, *, model_config_json: str, tokenizer_dir: str | None = None
 ) -> dict[str, np.ndarray]:
     """Decode references in-process (no Ray): the same stage, for evaluation helpers and tests."""
-    batch = {
-        k: np.asarray([r[k] for r in refs.rows])
-        for k in ("dataset", "root", "split", "skip_known_bad", "index", "no_target")
-    }
-    return DecodeBatch(model_config_json, tokenizer_dir)(batch)
+    return DecodeBatch(refs.source, model_config_json, tokenizer_dir)({"index": refs.indices})

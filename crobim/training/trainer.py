@@ -17,9 +17,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from crobim.errors import CheckpointError
 from crobim.training.config import TrainConfig, build_model_config
-from crobim.training.data import build_reference_set, epoch_rows, to_dataset, train_dataset_name
+from crobim.training.data import (
+    SampleSource,
+    build_reference_set,
+    epoch_indices,
+    to_dataset,
+    train_dataset_name,
+)
 
 __all__ = ["TrainingSummary", "build_data_config", "build_run_config", "build_trainer", "run_training"]
 
@@ -62,13 +70,15 @@ def _join(uri: str, *parts: str) -> str:
 
 
 def build_data_config(
-    train_rows: Callable[[int, int, int], list[dict[str, Any]]], epochs: int, **decode: Any
+    source: SampleSource, train_indices: Callable[[int, int, int], np.ndarray], epochs: int, **decode: Any
 ) -> Any:  # noqa: ANN401
     """`DataConfig` giving every rank its own training dataset per epoch and a share of `val`.
 
     Args:
-        train_rows: `(epoch, rank, world_size) -> rows` (see `crobim.training.data.epoch_rows`); called when the
-            worker group starts (again after a restart), so the split follows the actual world size.
+        source: the training split.
+        train_indices: `(epoch, rank, world_size) -> reader indices` (see `crobim.training.data.epoch_indices`);
+            called when the worker group starts (again after a restart), so the split follows the actual world
+            size.
         epochs: number of epochs (one dataset per epoch and rank, named by `train_dataset_name`).
         **decode: keyword arguments of `to_dataset` (model config, tokenizer, decode CPUs).
 
@@ -91,7 +101,7 @@ def build_data_config(
             for rank in range(world_size):
                 for epoch in range(epochs):
                     # Lazy: decoded when the rank iterates it.
-                    ds = to_dataset(train_rows(epoch, rank, world_size), **decode)
+                    ds = to_dataset(source, train_indices(epoch, rank, world_size), **decode)
                     ds.context.execution_options = options
                     out[rank][train_dataset_name(epoch)] = ds.iterator()
             hints = worker_node_ids if self._enable_shard_locality else None
@@ -212,8 +222,8 @@ def build_trainer(cfg: TrainConfig, *, callbacks: list[Any] | None = None) -> An
     shuffle_seed = cfg.schedule.seed if cfg.data.shuffle else None
     step_rows = cfg.run.num_workers * cfg.micro_batch_size  # one global micro-step, whatever the world size
 
-    def train_rows(epoch: int, rank: int, world_size: int) -> list[dict[str, Any]]:
-        return epoch_rows(
+    def train_indices(epoch: int, rank: int, world_size: int) -> np.ndarray:
+        return epoch_indices(
             train_refs, epoch=epoch, seed=shuffle_seed, step_rows=step_rows, rank=rank, world_size=world_size
         )
 
@@ -221,7 +231,7 @@ def build_trainer(cfg: TrainConfig, *, callbacks: list[Any] | None = None) -> An
     # the epochs' entries share one single-row stand-in that is never read.
     stand_in = ray.data.from_items([{"stand_in": 0}])
     datasets = {train_dataset_name(e): stand_in for e in range(cfg.schedule.epochs)}
-    datasets["val"] = to_dataset(val_refs.rows, **decode)
+    datasets["val"] = to_dataset(val_refs.source, val_refs.indices, **decode)
     loop_config = {
         "train": cfg.to_dict(),
         "model": model_cfg.to_dict(),
@@ -237,7 +247,7 @@ def build_trainer(cfg: TrainConfig, *, callbacks: list[Any] | None = None) -> An
         ),
         run_config=build_run_config(cfg, callbacks=[_progress_callback(), *(callbacks or [])]),
         datasets=datasets,
-        dataset_config=build_data_config(train_rows, cfg.schedule.epochs, **decode),
+        dataset_config=build_data_config(train_refs.source, train_indices, cfg.schedule.epochs, **decode),
     )
 
 

@@ -165,3 +165,22 @@ def test_masks_and_probabilities_from_outputs(tiny_model):
     assert binary_mask(two).tolist() == [[[False, True]]]
     expected = torch.tensor([[[0.5, 1.0 / (1.0 + float(np.exp(-1.0)))]]])
     torch.testing.assert_close(foreground_probability(two), expected)
+
+
+def test_pixel_word_attention_folds_the_output_projection_into_the_values():
+    """``fuse`` applies attn_out to the L values; the paper's order (to the HW attention outputs) gives the same."""
+    from crobim.modeling.lgfa import PixelWordAttention
+
+    torch.manual_seed(0)
+    pwa = PixelWordAttention(vis_channels=12, text_dim=10, dim=8, out_channels=16).eval()
+    fmap, words = torch.randn(3, 12, 5, 7), torch.randn(3, 6, 10)
+    word_mask = torch.tensor([[1, 1, 1, 1, 1, 1], [1, 1, 1, 0, 0, 0], [1, 0, 0, 0, 0, 0]])
+    prepared = pwa.prepare(fmap)
+    with torch.no_grad():
+        fused, attn = pwa.fuse(prepared, words, word_mask)
+        residual, query, gate_in = prepared
+        per_pixel = (attn @ pwa.value(words)).transpose(1, 2).reshape(3, 8, 5, 7)
+        g = pwa.fused_proj(gate_in * pwa.attn_out(per_pixel))
+        expected = residual + pwa.gate(g) * g
+    torch.testing.assert_close(fused, expected, rtol=1e-5, atol=1e-5)
+    assert attn[1, :, 3:].abs().max() == 0  # padded words get no weight
