@@ -24,8 +24,8 @@ from crobim.training.config import DataSettings
 __all__ = [
     "DecodeBatch",
     "ReferenceSet",
-    "build_reference_set",
     "SampleSource",
+    "build_reference_set",
     "decode_references",
     "epoch_indices",
     "make_reader",
