@@ -23,8 +23,8 @@ class PixelWordAttention(nn.Module):
     """Language-to-vision interaction at one scale (PWAM-like, after yz93/LAVT-RIS ``lib/backbone.py::PWAM``).
 
     Pixels query the words: Q = 1x1 conv + InstanceNorm of the map, K and V = Linear of the words, scaled dot product
-    over the words with padding set to -1e4, then an output projection (applied to the values, see ``fuse``). The result is multiplied with a GELU
-    projection of the map (G) and added to the map through a channel tanh gate.
+    over the words with padding set to -1e4, then an output projection (applied to the values, see ``fuse``). The
+    result is multiplied with a GELU projection of the map (G) and added to the map through a channel tanh gate.
 
     The image-only projections (``prepare``) are separated from the word attention (``fuse``) so that ``decode``
     computes them once per image.
