@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import shapely
 from rasterio.crs import CRS
 from shapely.geometry import box
 
@@ -180,3 +181,65 @@ def test_streaming_merge_across_rows_u_shape_and_gaps(tmp_path):
     gap = _merge_grid(prob, grid, tmp_path / "gap", skip={"r00001c00001"})
     # Without chunk r1c1 the U's right arm and the bar's middle are gone: four pieces remain.
     assert len(gap) == 4
+
+
+def _reference_record(sub, datetimes):
+    """Plain per-group computation of one merged row, to check the vectorised merge against."""
+    sub = sub.sort_values(["chunk_id", "label"], kind="stable")
+    count = int(sub["score_count"].sum())
+    per_chunk: dict[str, int] = {}
+    item_px: dict[str, int] = {}
+    for row in sub.itertuples():
+        per_chunk[row.chunk_id] = per_chunk.get(row.chunk_id, 0) + int(row.score_count)
+        for item, px in zip(row.item_ids, row.item_pixels, strict=True):
+            item_px[item] = item_px.get(item, 0) + int(px)
+    main_chunk = max(sorted(per_chunk), key=lambda c: per_chunk[c])  # first of the sorted ties
+    main_item = max(sorted(item_px), key=lambda i: item_px[i]) if item_px else None
+    return {
+        "query_id": int(sub["query_id"].iloc[0]),
+        "query": sub["query"].iloc[0],
+        "score_mean": float(sub["score_sum"].sum()) / max(count, 1),
+        "score_max": float(sub["score_max"].max()),
+        "chunk_id": main_chunk,
+        "n_chunks": len(per_chunk),
+        "item_ids": sorted(item_px),
+        "datetime": datetimes.get(main_item) if main_item else None,
+        "_first_chunk": sub["chunk_id"].iloc[0],
+    }
+
+
+def test_vectorised_group_records_match_a_per_group_computation():
+    import pandas as pd
+
+    from pipelines.vector import _merged_records
+
+    rng = np.random.default_rng(7)
+    n = 400
+    roots = np.sort(rng.integers(0, 120, n))
+    items = ["i1", "i2", "i3"]
+    parts = pd.DataFrame(
+        {
+            "query_id": roots % 3,
+            "query": [f"q{r % 3}" for r in roots],
+            "chunk_id": [f"r{rng.integers(0, 2):05d}c{rng.integers(0, 3):05d}" for _ in range(n)],
+            "label": rng.integers(1, 50, n),
+            "score_sum": rng.random(n) * 10,
+            "score_count": rng.integers(1, 4, n),  # small counts: ties between chunks are common
+            "score_max": rng.random(n),
+            "item_ids": [list(rng.choice(items, rng.integers(0, 3), replace=False)) for _ in range(n)],
+            "geometry": [box(i, 0, i + 1, 1) for i in range(n)],
+        }
+    )
+    parts["item_pixels"] = [list(rng.integers(1, 3, len(ids))) for ids in parts["item_ids"]]
+    parts = parts.sample(frac=1.0, random_state=1).reset_index(drop=True)  # any input order
+    datetimes = {"i1": "2024-01-01", "i2": "2024-02-01", "i3": "2024-03-01"}
+    root_of = parts["geometry"].map(lambda g: int(roots[int(g.bounds[0])]))
+    frame, geoms = _merged_records(parts, root_of.to_numpy(), datetimes)
+    expected = [_reference_record(sub, datetimes) for _, sub in parts.groupby(root_of, sort=True)]
+    assert len(frame) == len(expected) == len(geoms) == len(np.unique(roots))
+    groups = [sub for _, sub in parts.groupby(root_of, sort=True)]
+    for got, want, geom, sub in zip(frame.to_dict("records"), expected, geoms, groups, strict=True):
+        for key in ("score_mean", "score_max"):
+            assert got.pop(key) == pytest.approx(want.pop(key), rel=1e-12)
+        assert {k: got[k] for k in want} == want
+        assert geom.equals(shapely.union_all(sub["geometry"].to_numpy()))
