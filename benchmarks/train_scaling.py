@@ -3,8 +3,9 @@
     python benchmarks/train_scaling.py --data data/synrs96 [--steps 40] [--gpu]
 
 Each case runs `crobim.training.trainer.run_training` for a fixed number of optimizer steps on SynRS and
-reads `train_samples_per_s` (all workers together, measured inside the loop, excluding start-up) from the
-reported metrics; the ratio 2-worker / 1-worker is printed side by side. With `--gpu` (needs a CUDA device)
+reads `train_samples_per_s` (all workers together, measured inside the loop from each worker's first batch on)
+and `data_startup_s` (the epoch's wait for its first batch: the Ray Data pipeline starting) from the reported
+metrics; the ratio 2-worker / 1-worker is printed side by side. With `--gpu` (needs a CUDA device)
 it also trains `crobim-swin-b` at 480 px in bf16 on one GPU worker and samples `nvidia-smi` utilisation.
 """
 
@@ -49,6 +50,7 @@ def run_case(
         "workers": workers,
         "steps": int(last["step"]),
         "samples_per_s": last["train_samples_per_s"],
+        "data_startup_s": last["data_startup_s"],
         "epoch_time_s": last["epoch_time_s"],
         "wall_s": wall,
     }

@@ -157,9 +157,12 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         optimizer.zero_grad(set_to_none=True)
         train_shard = ray.train.get_dataset_shard(train_dataset_name(epoch))
         batches = train_shard.iter_torch_batches(batch_size=micro, drop_last=True, prefetch_batches=2)
+        first_batch_at: float | None = None
         for batch in batches:
             if steps_this_epoch >= ipe:
                 break  # every rank runs exactly `ipe` steps, whatever its shard holds
+            if first_batch_at is None:
+                first_batch_at = time.perf_counter()
             batch = _to_device(batch, device)
             masks = batch["mask"].float()
             has_target = ~batch["no_target"].bool()
@@ -202,11 +205,13 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             if state.global_step >= total_iters:
                 stop = True
                 break
-        train_time = time.perf_counter() - t0
+        end = time.perf_counter()
+        # Throughput from the first batch on: the epoch's data pipeline start-up is reported on its own.
+        startup = (first_batch_at if first_batch_at is not None else end) - t0
         part_names = sorted(loss_parts_sum)
         cpu_time = time.process_time() - cpu0
         reduced = _all_reduce_mean(
-            [loss_sum / max(n_micro, 1), n_samples / max(train_time, 1e-9), cpu_time]
+            [loss_sum / max(n_micro, 1), n_samples / max(end - t0 - startup, 1e-9), cpu_time, startup]
             + [loss_parts_sum[k] / max(n_micro, 1) for k in part_names],
             device,
         )
@@ -220,11 +225,12 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             "loss": reduced[0],
             "lr": float(optimizer.param_groups[0]["lr"]),
             "train_samples_per_s": reduced[1] * world,
+            "data_startup_s": reduced[3],
             "epoch_time_s": time.perf_counter() - t0,
         }
         # CPU seconds of the training processes (summed over workers): load-independent cost of the epoch.
         metrics["train_cpu_s"] = reduced[2] * world
-        metrics.update({f"loss_{k}": v for k, v in zip(part_names, reduced[3:], strict=True)})
+        metrics.update({f"loss_{k}": v for k, v in zip(part_names, reduced[4:], strict=True)})
         metrics.update(val_metrics)
         metrics = {
             k: (float(v) if not isinstance(v, float) or math.isfinite(v) else float("nan"))

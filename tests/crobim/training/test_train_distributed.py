@@ -114,6 +114,11 @@ def test_two_workers_follow_the_one_worker_trajectory(ray_local, synrs_root, tex
     assert [h["epoch"] for h in one.history] == [1.0, 2.0] == [h["epoch"] for h in two.history]
     # Same global batch (4 = 1 x 4 = 2 x 2), same seed and order: the same steps, losses and weights.
     assert one.global_step == two.global_step > 0
+    # Throughput counts from the first batch on; the epoch's data pipeline start-up is reported beside it.
+    per_epoch = one.global_step // 2 * 4
+    for h in one.history:
+        assert 0 < h["data_startup_s"] < h["epoch_time_s"]
+        assert h["train_samples_per_s"] > per_epoch / (h["epoch_time_s"] - h["data_startup_s"])
     np.testing.assert_allclose([h["loss"] for h in two.history], [h["loss"] for h in one.history], rtol=1e-4)
     w1 = load_file(str(Path(one.best_uri) / "model.safetensors"))
     w2 = load_file(str(Path(two.best_uri) / "model.safetensors"))
