@@ -11,14 +11,15 @@ Measured side by side in one run, on one local Ray runtime:
    and its descendants (the local Ray runtime's raylet and workers), sampled every 0.1 s.
 3. Query cost: the same region with 4 queries vs 1 (end to end), and bare ``predict`` with 4 vs 1; then
    ``CroBIMPredictor.predict`` with 4 vs 1 queries for each ``--query-cost`` model (a preset plus dotted
-   overrides, random weights): the ratio is set by the model's split between the image encoder (once per tile)
-   and the per-pair decoder.
+   overrides, random weights) on the job's micro-batches (``--batch-size`` tiles a call), with the CPU default of
+   one tile-query pair per decoder pass and with all of a micro-batch's pairs in one pass: the ratio is set by the
+   model's split between the image encoder (once per tile) and the per-pair decoder.
 
 Each region runs in its own local Ray runtime (started and shut down around it), so both peaks count the same
 fixed processes.
 
 Usage: ``.venv/bin/python benchmarks/region_throughput.py [--size-px 1024] [--chunk-size 512] [--json out.json]
-[--query-cost crobim-tiny crobim-swin-b:lgfa.out_stride=8 ...]``
+[--query-cost crobim-tiny crobim-region crobim-swin-b ...]``
 """
 
 from __future__ import annotations
@@ -149,8 +150,8 @@ def bare_predict(scene, ckpt: Path, queries: list[str], args) -> dict:
 
 
 def query_cost(spec: str, image: np.ndarray, args) -> dict:
-    """Seconds of ``predict`` with 4 queries over 1 on the same tiles of ``image`` (H, W, 3), for
-    ``preset[:key=value,...]``."""
+    """Seconds of ``predict`` with 4 queries over 1 on the same micro-batches of ``image`` (H, W, 3) tiles, for
+    ``preset[:key=value,...]``; both also with all of a micro-batch's pairs decoded in one pass."""
     import torch
 
     from crobim.modeling import build_model
@@ -162,23 +163,41 @@ def query_cost(spec: str, image: np.ndarray, args) -> dict:
     torch.manual_seed(0)
     torch.set_num_threads(args.threads)
     cfg = build_model_config(TrainConfig.from_dict({"model": name, "model_overrides": overrides}))
-    predictor = CroBIMPredictor(build_model(cfg))
-    s = predictor.tile_size
-    per_side = min(image.shape[0], image.shape[1]) // s
-    if per_side < 1:
-        raise ValueError(f"the region ({image.shape[:2]}) is smaller than the model's {s} px tile")
-    corners = [(r * s, c * s) for r in range(per_side) for c in range(per_side)][: args.query_cost_tiles]
-    batch = np.stack([image[r : r + s, c : c + s] for r, c in corners])
-    predictor.predict(batch[:1], QUERIES[:1])  # warm-up (allocator, text cache)
-    predictor.predict(batch[:1], QUERIES)
-    out = {"tile_px": s, "tiles": len(batch), "predict_s_q1": 0.0, "predict_s_q4": 0.0}
-    # Interleaved per tile, so drift in the machine's speed affects both sides alike.
-    for k in range(len(batch)):
-        for q in (1, 4):
+    predictor = CroBIMPredictor(build_model(cfg))  # CPU: one pair per decoder pass
+    one_pass = CroBIMPredictor(predictor.model, pairs_per_pass=args.batch_size * len(QUERIES))
+    s, b = predictor.tile_size, args.batch_size
+    # Tiles at half-tile steps (overlapping, as the job's tiles do), so large tiles still give several batches.
+    corners = [
+        (r, c)
+        for r in range(0, image.shape[0] - s + 1, s // 2)
+        for c in range(0, image.shape[1] - s + 1, s // 2)
+    ][: args.query_cost_tiles]
+    if len(corners) < args.query_cost_tiles:
+        raise ValueError(
+            f"the region ({image.shape[:2]}) has fewer than {args.query_cost_tiles} {s} px tiles"
+        )
+    tiles = np.stack([image[r : r + s, c : c + s] for r, c in corners])
+    batches = [tiles[k : k + b] for k in range(0, len(tiles), b)]
+    runs = {
+        "q1": (predictor, QUERIES[:1]),
+        "q4": (predictor, QUERIES),
+        "q1_one_pass": (one_pass, QUERIES[:1]),
+        "q4_one_pass": (one_pass, QUERIES),
+    }
+    for pred, queries in runs.values():
+        pred.predict(batches[0][:1], queries)  # warm-up (allocator, text cache)
+    out = {"tile_px": s, "tiles": len(tiles), "batch_size": b} | {f"predict_s_{key}": 0.0 for key in runs}
+    # Interleaved per micro-batch, so drift in the machine's speed affects every setting alike, and the order
+    # rotated from one micro-batch to the next, so no setting always runs first.
+    keys = list(runs)
+    for k, batch in enumerate(batches):
+        for key in keys[k % len(keys) :] + keys[: k % len(keys)]:
+            pred, queries = runs[key]
             start = time.perf_counter()
-            predictor.predict(batch[k : k + 1], QUERIES[:q])
-            out[f"predict_s_q{q}"] += time.perf_counter() - start
+            pred.predict(batch, queries)
+            out[f"predict_s_{key}"] += time.perf_counter() - start
     out["ratio_4_over_1"] = out["predict_s_q4"] / out["predict_s_q1"]
+    out["ratio_4_over_1_one_pass"] = out["predict_s_q4_one_pass"] / out["predict_s_q1_one_pass"]
     return out
 
 
@@ -203,7 +222,10 @@ def main() -> None:
         default=["crobim-tiny"],
         help="models for the 4-vs-1 query cost of predict: PRESET[:key=value,...] (random weights)",
     )
-    parser.add_argument("--query-cost-tiles", type=int, default=4)
+    parser.add_argument("--query-cost-tiles", type=int, default=16)
+    parser.add_argument(
+        "--query-cost-only", action="store_true", help="only the --query-cost measurements (no regions)"
+    )
     args = parser.parse_args()
 
     import ray
@@ -220,19 +242,20 @@ def main() -> None:
     small = make_region(work / "region-1x", seed=1, size_px=args.size_px, gsd_m=args.gsd_m)
     large = make_region(work / "region-4x", seed=1, size_px=2 * args.size_px, gsd_m=args.gsd_m)
     results: dict = {"args": vars(args), "cpu_count": os.cpu_count(), "load_avg_start": os.getloadavg()}
-    for key, scene, queries in (
-        ("region_1x_q1", small, QUERIES[:1]),
-        ("region_4x_q1", large, QUERIES[:1]),
-        ("region_1x_q4", small, QUERIES),
-    ):
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
-        try:
-            results[key] = run_region(scene, ckpt, work / f"out-{key}", queries, args)
-        finally:
-            ray.shutdown()
-    results["bare_4x_q1"] = bare_predict(large, ckpt, QUERIES[:1], args)
-    results["bare_1x_q1"] = bare_predict(small, ckpt, QUERIES[:1], args)
-    results["bare_1x_q4"] = bare_predict(small, ckpt, QUERIES, args)
+    if not args.query_cost_only:
+        for key, scene, queries in (
+            ("region_1x_q1", small, QUERIES[:1]),
+            ("region_4x_q1", large, QUERIES[:1]),
+            ("region_1x_q4", small, QUERIES),
+        ):
+            ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+            try:
+                results[key] = run_region(scene, ckpt, work / f"out-{key}", queries, args)
+            finally:
+                ray.shutdown()
+        results["bare_4x_q1"] = bare_predict(large, ckpt, QUERIES[:1], args)
+        results["bare_1x_q1"] = bare_predict(small, ckpt, QUERIES[:1], args)
+        results["bare_1x_q4"] = bare_predict(small, ckpt, QUERIES, args)
     import rasterio
 
     # The 4x region's imagery, cut to each model's tile size.
@@ -240,6 +263,9 @@ def main() -> None:
         rgb = np.moveaxis(src.read([1, 2, 3]), 0, -1)
     results["query_cost"] = {spec: query_cost(spec, rgb, args) for spec in args.query_cost}
     r = results
+    if args.query_cost_only:
+        _emit(results, args)
+        return
     results["ratios"] = {
         "pipeline_efficiency_4x": r["region_4x_q1"]["tiles_per_s"] / r["bare_4x_q1"]["tiles_per_s"],
         "pipeline_efficiency_1x": r["region_1x_q1"]["tiles_per_s"] / r["bare_1x_q1"]["tiles_per_s"],
@@ -252,6 +278,10 @@ def main() -> None:
         "queries_4_over_1_actor_infer": r["region_1x_q4"]["actor_infer_s"]
         / r["region_1x_q1"]["actor_infer_s"],
     }
+    _emit(results, args)
+
+
+def _emit(results: dict, args) -> None:
     results["load_avg_end"] = os.getloadavg()
     text = json.dumps(results, indent=2, default=float)
     print(text)

@@ -157,7 +157,16 @@ class LGFA(nn.Module):
         Returns:
             The state that ``forward`` consumes (index it to the image-query pairs first).
         """
-        prepared = [scale.prepare(f) for scale, f in zip(self._scale_modules(), features, strict=True)]
+        prepared = []
+        for scale, fmap in zip(self._scale_modules(), features, strict=True):
+            residual, query, gate_in = scale.prepare(fmap)
+            if fmap.shape[-2] > out_size[0] or fmap.shape[-1] > out_size[1]:
+                # A scale finer than the working grid (F1 at out_stride 8) is brought to it here, once per image,
+                # so its word attention runs on the working grid like every other scale.
+                residual, query, gate_in = (
+                    _resize(t, out_size) for t in (residual, query, gate_in)
+                )  # (B, C, Hi, Wi) -> (B, C, h, w)
+            prepared.append((residual, query, gate_in))
         residual_up = [_resize(p[0], out_size) for p in prepared]  # (B, d, Hi, Wi) -> (B, d, h, w)
         if self.compensation == "complementary":
             return LGFAImageState(prepared=prepared, visual=None, residual_up=residual_up)

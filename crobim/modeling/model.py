@@ -214,13 +214,23 @@ class CroBIM(nn.Module):
         return TextFeatures(input_ids, attention_mask, hidden)
 
     # ------------------------------------------------------------------------------------------------ decoder
-    def decode(self, img: ImageFeatures, txt: TextFeatures, pair_index: Tensor | None = None) -> CroBIMOutput:
+    def decode(
+        self,
+        img: ImageFeatures,
+        txt: TextFeatures,
+        pair_index: Tensor | None = None,
+        pairs_per_pass: int | None = None,
+    ) -> CroBIMOutput:
         """CAPM -> prompted text pass -> LGFA -> MID -> heads for image-query pairs.
 
         Args:
             img: features of B images.
             txt: features of Q queries.
             pair_index: optional (Q,) long, the image row of each query. None pairs every image with every query.
+            pairs_per_pass: run the pixel side (LGFA, MID, heads) over at most this many pairs at a time (None:
+                all at once). The image-only work still runs once per image and the prompted text pass once over
+                all pairs; smaller passes keep the per-pair pixel activations small (on CPU they then stay in
+                cache, see docs/benchmarks.md), at the price of more, smaller kernels.
 
         Returns:
             ``CroBIMOutput``: without ``pair_index`` logits (B, Q, C, H, W) and presence (B, Q); with it logits
@@ -230,7 +240,7 @@ class CroBIM(nn.Module):
         device = img.maps[0].device
         if pair_index is None:
             image_rows = torch.arange(num_images, device=device).repeat_interleave(num_queries)  # (B*Q,)
-            text_rows: Tensor | None = torch.arange(num_queries, device=device).repeat(num_images)  # (B*Q,)
+            text_rows = torch.arange(num_queries, device=device).repeat(num_images)  # (B*Q,)
         else:
             if pair_index.shape != (num_queries,):
                 raise ValueError(f"pair_index has shape {tuple(pair_index.shape)}; expected ({num_queries},)")
@@ -238,26 +248,42 @@ class CroBIM(nn.Module):
                 raise ValueError(
                     f"pair_index values must lie in [0, {num_images}); got {pair_index.tolist()}"
                 )
-            image_rows, text_rows = pair_index.to(device=device, dtype=torch.long), None
-        out_h = img.image_size[0] // self.lgfa.out_stride
-        out_w = img.image_size[1] // self.lgfa.out_stride
+            image_rows, text_rows = pair_index.to(device=device, dtype=torch.long), None  # query i <-> pair i
+        if pairs_per_pass is not None and pairs_per_pass < 1:
+            raise ValueError(f"pairs_per_pass must be None or >= 1; got {pairs_per_pass}")
+        out_size = (img.image_size[0] // self.lgfa.out_stride, img.image_size[1] // self.lgfa.out_stride)
 
-        # Image-only work, once per image: CAPM prompts P' and the LGFA projections
-        prompts = self.capm(img.maps).index_select(0, image_rows)  # (B, Np, Dt) -> (N, Np, Dt)
-        state = self.lgfa.prepare(img.maps, (out_h, out_w)).index_select(image_rows)
+        # Image-only work, once per image: CAPM prompts P' (B, Np, Dt) and the LGFA projections
+        prompts = self.capm(img.maps)
+        state = self.lgfa.prepare(img.maps, out_size)
+
+        # Text side for every pair in one pass: its activations are small and its cost is mostly weight reads.
         pairs = txt if text_rows is None else txt.index_select(text_rows)
-
-        # Prompted text pass T_p, then language-guided aggregation V*
-        prompted, prompted_mask = self.text.prompted(pairs.input_ids, pairs.attention_mask, prompts)
+        prompted, prompted_mask = self.text.prompted(
+            pairs.input_ids, pairs.attention_mask, prompts.index_select(0, image_rows)
+        )  # T_p (N, L + Np, Dt)
         words = pairs.hidden if pairs.hidden is not None else prompted[:, : pairs.input_ids.shape[1]]
-        visual, word_attention = self.lgfa(state, words, pairs.attention_mask, (out_h, out_w))
-        # Mutual interaction and heads
-        z, tokens = self.mid(visual, prompted, prompted_mask)
-        logits, query = self.mask_head(z, tokens, prompted_mask)  # (N, C, h, w), (N, d)
-        presence = self.presence_head(query, z, logits) if self.presence_head is not None else None
-        logits = F.interpolate(
-            logits, size=img.image_size, mode="bilinear", align_corners=True
-        )  # -> (N, C, H, W)
+
+        # Pixel side (LGFA, MID, heads) in passes of at most pairs_per_pass pairs
+        num_pairs = int(image_rows.shape[0])
+        step = max(num_pairs if pairs_per_pass is None else pairs_per_pass, 1)
+        passes = []
+        for start in range(0, max(num_pairs, 1), step):
+            rows = slice(start, start + step)
+            visual, word_attention = self.lgfa(
+                state.index_select(image_rows[rows]), words[rows], pairs.attention_mask[rows], out_size
+            )  # V* (n, d, h, w)
+            z, tokens = self.mid(visual, prompted[rows], prompted_mask[rows])
+            logits, query = self.mask_head(z, tokens, prompted_mask[rows])  # (n, C, h, w), (n, d)
+            presence = self.presence_head(query, z, logits) if self.presence_head is not None else None
+            logits = F.interpolate(logits, size=img.image_size, mode="bilinear", align_corners=True)
+            passes.append((logits, presence, word_attention))  # logits (n, C, H, W)
+        if len(passes) == 1:
+            logits, presence, word_attention = passes[0]
+        else:
+            logits = torch.cat([p[0] for p in passes])
+            presence = None if passes[0][1] is None else torch.cat([p[1] for p in passes])  # type: ignore[misc]
+            word_attention = [torch.cat(maps) for maps in zip(*(p[2] for p in passes), strict=True)]
 
         if pair_index is None:
             logits = logits.reshape(num_images, num_queries, *logits.shape[1:])  # (B*Q, ...) -> (B, Q, ...)

@@ -25,12 +25,16 @@ FLAG_KEYS = {
 
 
 def test_presets_exist():
-    assert {"crobim-swin-b", "crobim-convnext-b", "crobim-tiny", "crobim-minilm"} <= set(list_presets())
+    assert {"crobim-swin-b", "crobim-convnext-b", "crobim-tiny", "crobim-minilm", "crobim-region"} <= set(
+        list_presets()
+    )
     with pytest.raises(KeyError, match="available presets"):
         get_preset("crobim-huge")
 
 
-@pytest.mark.parametrize("name", ["crobim-swin-b", "crobim-convnext-b", "crobim-tiny", "crobim-minilm"])
+@pytest.mark.parametrize(
+    "name", ["crobim-swin-b", "crobim-convnext-b", "crobim-tiny", "crobim-minilm", "crobim-region"]
+)
 def test_round_trip_json_and_yaml(name, tmp_path):
     config = get_preset(name)
     assert CroBIMConfig.from_json(config.to_json()) == config
@@ -39,6 +43,13 @@ def test_round_trip_json_and_yaml(name, tmp_path):
     config.to_json(tmp_path / "c.json")
     assert CroBIMConfig.from_yaml(tmp_path / "c.yaml") == config
     assert CroBIMConfig.from_json(tmp_path / "c.json") == config
+
+
+def test_region_preset_is_the_swin_setting_at_stride_8_with_presence():
+    expected = get_preset("crobim-swin-b").replace(
+        lgfa={"out_stride": 8}, presence={"enabled": True}, name="crobim-region"
+    )
+    assert get_preset("crobim-region") == expected
 
 
 def test_defaults_are_the_paper_setting():

@@ -81,7 +81,7 @@ def test_factory_errors_are_clear():
 
 
 def test_crobim_encodes_text_once_and_each_tile_once(tiny, monkeypatch):
-    calls = {"image": 0, "text": 0, "decode_pairs": 0}
+    calls = {"image": 0, "text": 0, "decode_pairs": 0, "pairs_per_pass": set()}
     encode_image, encode_text, decode = tiny.encode_image, tiny.encode_text, tiny.decode
 
     def spy_image(pixels):
@@ -92,9 +92,10 @@ def test_crobim_encodes_text_once_and_each_tile_once(tiny, monkeypatch):
         calls["text"] += ids.shape[0]
         return encode_text(ids, mask)
 
-    def spy_decode(img, txt, pair_index=None):
+    def spy_decode(img, txt, pair_index=None, pairs_per_pass=None):
         calls["decode_pairs"] += len(img) * len(txt)
-        return decode(img, txt, pair_index)
+        calls["pairs_per_pass"].add(pairs_per_pass)
+        return decode(img, txt, pair_index, pairs_per_pass)
 
     monkeypatch.setattr(tiny, "encode_image", spy_image)
     monkeypatch.setattr(tiny, "encode_text", spy_text)
@@ -106,7 +107,8 @@ def test_crobim_encodes_text_once_and_each_tile_once(tiny, monkeypatch):
     out2 = pred.predict(_tiles(2, pred.tile_size, seed=1), queries)
     assert out1.shape == (2, 3, pred.tile_size, pred.tile_size) and out1.dtype == np.float32
     assert (out1 >= 0).all() and (out1 <= 1).all() and not np.array_equal(out1, out2)
-    assert calls == {"image": 4, "text": 3, "decode_pairs": 12}  # text once per query, image once per tile
+    # text once per query, image once per tile; on CPU the pairs are decoded one at a time
+    assert calls == {"image": 4, "text": 3, "decode_pairs": 12, "pairs_per_pass": {1}}
 
 
 def test_crobim_multi_query_equals_single_queries(tiny):
@@ -115,6 +117,8 @@ def test_crobim_multi_query_equals_single_queries(tiny):
     both = pred.predict(tiles, ["red roofs", "ponds"])
     np.testing.assert_allclose(both[:, :1], pred.predict(tiles, ["red roofs"]), atol=1e-5)
     np.testing.assert_allclose(both[:, 1:], pred.predict(tiles, ["ponds"]), atol=1e-5)
+    one_pass = CroBIMPredictor(tiny, device="cpu", gate_presence=False, pairs_per_pass=4)
+    np.testing.assert_allclose(one_pass.predict(tiles, ["red roofs", "ponds"]), both, atol=1e-5)
 
 
 def test_crobim_presence_gating(tiny):

@@ -99,6 +99,34 @@ def test_many_images_by_many_queries(tiny_model):
         tiny_model.decode(img, txt, pair_index=torch.tensor([0, 1, 2]))
 
 
+@pytest.mark.parametrize("pairs_per_pass", [1, 4, 6, 100])
+def test_decoding_in_passes_matches_one_pass(tiny_model, pairs_per_pass):
+    tokens = tiny_model.tokenize(EXPRESSIONS[:3])
+    images = _images(2, (320, 320), seed=5)
+    with torch.no_grad():
+        img = tiny_model.encode_image(images)
+        txt = tiny_model.encode_text(**tokens)
+        whole = tiny_model.decode(img, txt)  # 6 pairs in one pass
+        passes = tiny_model.decode(img, txt, pairs_per_pass=pairs_per_pass)
+        paired = tiny_model.decode(
+            img, txt.index_select(torch.tensor([0, 2])), pair_index=torch.tensor([1, 0])
+        )
+        paired_passes = tiny_model.decode(
+            img, txt.index_select(torch.tensor([0, 2])), pair_index=torch.tensor([1, 0]), pairs_per_pass=1
+        )
+    assert passes.logits.shape == whole.logits.shape == (2, 3, 1, 320, 320)
+    torch.testing.assert_close(passes.logits, whole.logits, atol=1e-5, rtol=0)
+    torch.testing.assert_close(passes.presence_logit, whole.presence_logit, atol=1e-5, rtol=0)
+    for a, b in zip(passes.aux.word_attention, whole.aux.word_attention, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+    # each pass pairs the right image with the right query
+    torch.testing.assert_close(paired_passes.logits, paired.logits, atol=1e-5, rtol=0)
+    torch.testing.assert_close(paired_passes.logits[0], whole.logits[1, 0], atol=1e-5, rtol=0)
+    torch.testing.assert_close(paired_passes.logits[1], whole.logits[0, 2], atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="pairs_per_pass"):
+        tiny_model.decode(img, txt, pairs_per_pass=0)
+
+
 @pytest.mark.parametrize("prompt_position", ["after_padding", "after_sep"])
 def test_padding_invariance(prompt_position):
     config = get_preset("crobim-tiny").replace(
@@ -184,3 +212,16 @@ def test_pixel_word_attention_folds_the_output_projection_into_the_values():
         expected = residual + pwa.gate(g) * g
     torch.testing.assert_close(fused, expected, rtol=1e-5, atol=1e-5)
     assert attn[1, :, 3:].abs().max() == 0  # padded words get no weight
+
+
+@pytest.mark.parametrize("out_stride", [4, 8])
+def test_every_lgfa_scale_works_on_the_working_grid_or_coarser(out_stride):
+    """At ``lgfa.out_stride`` 8, F1 (stride 4) is brought to the stride-8 grid before its word attention."""
+    model = build_model(get_preset("crobim-tiny").replace(lgfa={"out_stride": out_stride})).eval()
+    tokens = model.tokenize(EXPRESSIONS[:2])
+    with torch.no_grad():
+        out = model(_images(2, (320, 320), seed=6), **tokens)
+    grid = (320 // out_stride) ** 2
+    native = [80 * 80, 40 * 40, 20 * 20, 10 * 10]  # test_convnext's strides 4, 8, 16, 32 at 320 px
+    assert [a.shape[1] for a in out.aux.word_attention] == [min(n, grid) for n in native]
+    assert out.logits.shape == (2, 1, 320, 320)
