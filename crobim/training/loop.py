@@ -207,11 +207,12 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 break
         end = time.perf_counter()
         # Throughput from the first batch on: the epoch's data pipeline start-up is reported on its own.
-        startup = (first_batch_at if first_batch_at is not None else end) - t0
+        first = first_batch_at if first_batch_at is not None else end
+        startup = first - t0
         part_names = sorted(loss_parts_sum)
         cpu_time = time.process_time() - cpu0
         reduced = _all_reduce_mean(
-            [loss_sum / max(n_micro, 1), n_samples / max(end - t0 - startup, 1e-9), cpu_time, startup]
+            [loss_sum / max(n_micro, 1), n_samples / max(end - first, 1e-9), cpu_time, startup]
             + [loss_parts_sum[k] / max(n_micro, 1) for k in part_names],
             device,
         )
