@@ -235,14 +235,14 @@ def main() -> None:
     from pipelines.synthetic_region import make_region
 
     work = Path(args.workdir or tempfile.mkdtemp(prefix="region-bench-"))
-    torch.manual_seed(0)
-    ckpt = work / "crobim-tiny"
-    if not ckpt.exists():
-        build_model("crobim-tiny").save_pretrained(ckpt)
-    small = make_region(work / "region-1x", seed=1, size_px=args.size_px, gsd_m=args.gsd_m)
     large = make_region(work / "region-4x", seed=1, size_px=2 * args.size_px, gsd_m=args.gsd_m)
     results: dict = {"args": vars(args), "cpu_count": os.cpu_count(), "load_avg_start": os.getloadavg()}
     if not args.query_cost_only:
+        torch.manual_seed(0)
+        ckpt = work / "crobim-tiny"
+        if not ckpt.exists():
+            build_model("crobim-tiny").save_pretrained(ckpt)
+        small = make_region(work / "region-1x", seed=1, size_px=args.size_px, gsd_m=args.gsd_m)
         for key, scene, queries in (
             ("region_1x_q1", small, QUERIES[:1]),
             ("region_4x_q1", large, QUERIES[:1]),
@@ -262,11 +262,18 @@ def main() -> None:
     with rasterio.open(large.cog_paths[0]) as src:
         rgb = np.moveaxis(src.read([1, 2, 3]), 0, -1)
     results["query_cost"] = {spec: query_cost(spec, rgb, args) for spec in args.query_cost}
-    r = results
-    if args.query_cost_only:
-        _emit(results, args)
-        return
-    results["ratios"] = {
+    if not args.query_cost_only:
+        results["ratios"] = _ratios(results)
+    results["load_avg_end"] = os.getloadavg()
+    text = json.dumps(results, indent=2, default=float)
+    print(text)
+    if args.json:
+        Path(args.json).write_text(text)
+
+
+def _ratios(r: dict) -> dict:
+    """Pipeline efficiency, memory and query-cost ratios of the region and bare-predict runs."""
+    return {
         "pipeline_efficiency_4x": r["region_4x_q1"]["tiles_per_s"] / r["bare_4x_q1"]["tiles_per_s"],
         "pipeline_efficiency_1x": r["region_1x_q1"]["tiles_per_s"] / r["bare_1x_q1"]["tiles_per_s"],
         # The fixed start-up (Ray, worker imports, model load) cancels in the 4x - 1x differences.
@@ -278,15 +285,6 @@ def main() -> None:
         "queries_4_over_1_actor_infer": r["region_1x_q4"]["actor_infer_s"]
         / r["region_1x_q1"]["actor_infer_s"],
     }
-    _emit(results, args)
-
-
-def _emit(results: dict, args) -> None:
-    results["load_avg_end"] = os.getloadavg()
-    text = json.dumps(results, indent=2, default=float)
-    print(text)
-    if args.json:
-        Path(args.json).write_text(text)
 
 
 if __name__ == "__main__":
