@@ -144,6 +144,11 @@ class ReferringDataset(Sequence[Sample]):
         """The index entry of sample ``index`` (ids, file names, text) without reading any pixels."""
         return dict(self._records[index])
 
+    def image_key(self, index: int) -> str:
+        """A key that samples showing the same image share (their decoded pixels are identical): the image file
+        name. Training uses it to keep an image's expressions together and encode the image once per batch."""
+        return str(self._records[index]["file_name"])
+
     @property
     def texts(self) -> list[str]:
         """All expressions of the split, in order."""

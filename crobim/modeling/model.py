@@ -290,29 +290,36 @@ class CroBIM(nn.Module):
             presence = None if presence is None else presence.reshape(num_images, num_queries)
         return CroBIMOutput(logits, presence, DecodeAux(tuple(word_attention), image_rows))
 
-    def forward(self, images: Tensor, input_ids: Tensor, attention_mask: Tensor) -> CroBIMOutput:
-        """Paired forward: ``decode(encode_image(images), encode_text(ids, mask), pair_index=arange(B))``.
+    def forward(
+        self, images: Tensor, input_ids: Tensor, attention_mask: Tensor, pair_index: Tensor | None = None
+    ) -> CroBIMOutput:
+        """Paired forward: ``decode(encode_image(images), encode_text(ids, mask), pair_index)``.
 
         Args:
             images: (B, 3, H, W) normalised.
-            input_ids: (B, L) long.
-            attention_mask: (B, L).
+            input_ids: (N, L) long.
+            attention_mask: (N, L).
+            pair_index: optional (N,) long, the image row of each expression, for batches that hold several
+                expressions of one image (each image is then encoded once); None pairs row i with row i (N = B).
 
         Returns:
-            ``CroBIMOutput`` with logits (B, C, H, W) and presence (B,) or None.
+            ``CroBIMOutput`` with logits (N, C, H, W) and presence (N,) or None.
         """
-        if images.shape[0] != input_ids.shape[0]:
-            raise ValueError(
-                f"forward pairs images and expressions: got {images.shape[0]} images and {input_ids.shape[0]} "
-                "expressions; use encode_image/encode_text/decode for many queries per image"
-            )
+        if pair_index is None:
+            if images.shape[0] != input_ids.shape[0]:
+                raise ValueError(
+                    f"forward pairs images and expressions: got {images.shape[0]} images and "
+                    f"{input_ids.shape[0]} expressions; pass pair_index, or use encode_image/encode_text/decode "
+                    "for many queries per image"
+                )
+            pair_index = torch.arange(images.shape[0], device=images.device)
         txt = self.encode_text(input_ids, attention_mask)
         if self.backbone.needs_text:
             words = txt.hidden if txt.hidden is not None else self.text(input_ids, attention_mask)
-            img = self._backbone(images, words, attention_mask)
+            img = self._backbone(images.index_select(0, pair_index), words, attention_mask)
+            pair_index = torch.arange(input_ids.shape[0], device=images.device)
         else:
             img = self.encode_image(images)
-        pair_index = torch.arange(images.shape[0], device=images.device)
         return self.decode(img, txt, pair_index=pair_index)
 
     # ---------------------------------------------------------------------------------------------- checkpoints

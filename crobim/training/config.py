@@ -51,6 +51,10 @@ class DataSettings:
         max_train_samples: keep only the first N training references (quick runs); None keeps all.
         max_val_samples: keep only the first N validation references; None keeps all.
         shuffle: reshuffle the training references every epoch (seeded by `schedule.seed` and the epoch).
+        group_by_image: shuffle images instead of references, each image followed by its expressions, so that a
+            batch holds several expressions of an image and the training step encodes the image once
+            (`crobim.training.data.forward_batch`; every batch dedupes repeated images, this makes them
+            common). For sets with several expressions per image (SynRS, RRSIS-D); off keeps samples i.i.d.
         negatives: train on no-target samples when the model's presence head is on; with the head off
             they are always dropped from training (they stay in validation).
         skip_known_bad: drop the readers' published list of broken training files (DATA_AND_EVAL.md §2, §5).
@@ -68,6 +72,7 @@ class DataSettings:
     max_train_samples: int | None = None
     max_val_samples: int | None = None
     shuffle: bool = True
+    group_by_image: bool = False
     negatives: bool = True
     skip_known_bad: bool = True
     decode_cpus: float = 0.25

@@ -5,13 +5,17 @@ without reading any pixels. A streaming CPU `map_batches` actor pool opens the r
 image and mask, resizes and normalises the image with the model's own `preprocess_images` settings, resizes the
 mask with `crobim.transforms.resize_mask` and tokenises the expression with the model's tokenizer. Every rank
 gets its own dataset per epoch (`epoch_indices`: a seeded permutation cut into global micro-steps, the rank's
-slice of each), read with `ray.train.get_dataset_shard`; validation is split across the ranks. No process holds
+slice of each; with `data.group_by_image` a permutation of the images, each followed by its expressions), read with
+`ray.train.get_dataset_shard`; validation is split across the ranks. Each decoded row carries `image_key`, a hash
+of the reader's `image_key`, so that `forward_batch` encodes an image once per batch however many of its
+expressions the batch holds. No process holds
 the dataset: the object store keeps only the indices (8 bytes per sample and epoch).
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -28,6 +32,7 @@ __all__ = [
     "build_reference_set",
     "decode_references",
     "epoch_indices",
+    "forward_batch",
     "make_reader",
     "to_dataset",
     "train_dataset_name",
@@ -36,7 +41,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 #: Columns of a decoded batch (numpy), as the training loop reads them.
-BATCH_COLUMNS = ("image", "mask", "input_ids", "attention_mask", "no_target", "index")
+BATCH_COLUMNS = ("image", "mask", "input_ids", "attention_mask", "no_target", "index", "image_key")
 
 
 def make_reader(dataset: str, root: str, split: str, skip_known_bad: bool = True) -> Any:  # noqa: ANN401
@@ -88,11 +93,14 @@ class ReferenceSet:
         source: the split the indices point into.
         indices: (N,) int64 reader indices, in file order.
         no_target: (N,) bool, True where the annotation has no referent.
+        image_groups: (N,) int64, the same number for references to the same image (reader `image_key`),
+            numbered in order of first appearance.
     """
 
     source: SampleSource
     indices: np.ndarray
     no_target: np.ndarray
+    image_groups: np.ndarray
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -124,7 +132,7 @@ def build_reference_set(
     """
     source = SampleSource(data.dataset, str(data.root), split, bool(data.skip_known_bad))
     reader = make_reader(source.dataset, source.root, split, source.skip_known_bad)
-    indices, flags = [], []
+    indices, flags, keys = [], [], []
     for i in range(len(reader)):
         rec = reader.record(i)
         # SynRS keeps the flag in its metadata; the target-only real sets have none (False).
@@ -133,6 +141,7 @@ def build_reference_set(
             continue
         indices.append(i)
         flags.append(no_target)
+        keys.append(reader.image_key(i))
         if limit is not None and len(indices) >= limit:
             break
     if not indices:
@@ -140,7 +149,19 @@ def build_reference_set(
             f"{data.dataset} split {split!r} under {data.root!r} has no usable samples "
             f"(keep_no_target={keep_no_target}, limit={limit})"
         )
-    return ReferenceSet(source, np.asarray(indices, dtype=np.int64), np.asarray(flags, dtype=bool))
+    _, first, groups = np.unique(np.asarray(keys), return_index=True, return_inverse=True)
+    renumber = np.argsort(np.argsort(first))  # group ids in order of first appearance
+    return ReferenceSet(
+        source,
+        np.asarray(indices, dtype=np.int64),
+        np.asarray(flags, dtype=bool),
+        renumber[groups.reshape(-1)].astype(np.int64),
+    )
+
+
+def image_key_hash(key: str) -> int:
+    """A stable int64 for a reader's `image_key` (the `image_key` batch column)."""
+    return int.from_bytes(hashlib.blake2b(key.encode("utf-8"), digest_size=8).digest(), "little", signed=True)
 
 
 class DecodeBatch:
@@ -193,6 +214,7 @@ class DecodeBatch:
             interpolation=self.interpolation,
         )  # (B, 3, H, W) float32, normalised
         tokens = self.tokenize([s.text for s in samples])
+        keys = [image_key_hash(reader.image_key(int(i))) for i in indices]
         return {
             "image": pixels.numpy(),
             "mask": np.stack([resize_mask(s.mask, self.size) for s in samples]).astype(np.uint8),
@@ -200,6 +222,7 @@ class DecodeBatch:
             "attention_mask": tokens["attention_mask"],
             "no_target": np.asarray([s.no_target for s in samples], dtype=bool),
             "index": indices,
+            "image_key": np.asarray(keys, dtype=np.int64),
         }
 
 
@@ -255,12 +278,20 @@ def to_dataset(
 
 
 def epoch_indices(
-    refs: ReferenceSet, *, epoch: int, seed: int | None, step_rows: int, rank: int, world_size: int
+    refs: ReferenceSet,
+    *,
+    epoch: int,
+    seed: int | None,
+    step_rows: int,
+    rank: int,
+    world_size: int,
+    group_by_image: bool = False,
 ) -> np.ndarray:
     """One rank's training samples for one epoch, as reader indices in training order.
 
     The epoch's order is a permutation of all references seeded by (seed, epoch) (file order when `seed` is
-    None), cut into global micro-steps of `step_rows` samples (all ranks together); rank r takes rows
+    None); with `group_by_image`, a permutation of the images, each followed by its references in file order.
+    The order is cut into global micro-steps of `step_rows` samples (all ranks together); rank r takes rows
     [r * m, (r + 1) * m) of every step, m = step_rows // world_size, and the incomplete last step is dropped.
     So the global batches hold the same samples whatever the number of workers, every epoch has its own order,
     and a resumed or restarted run replays exactly the epochs it has left.
@@ -272,6 +303,7 @@ def epoch_indices(
         step_rows: samples per global micro-step (`num_workers x micro-batch`).
         rank: this worker's rank.
         world_size: number of workers (divides `step_rows`).
+        group_by_image: keep each image's references together (see `DataSettings.group_by_image`).
 
     Returns:
         `(len(refs) // step_rows) * m` reader indices (int64).
@@ -279,7 +311,15 @@ def epoch_indices(
     if step_rows % world_size:
         raise ValueError(f"step_rows={step_rows} is not a multiple of world_size={world_size}")
     n = len(refs)
-    order = np.arange(n) if seed is None else np.random.default_rng([seed, epoch]).permutation(n)
+    if seed is None:
+        order = np.arange(n)
+    elif group_by_image:
+        image_order = np.random.default_rng([seed, epoch]).permutation(int(refs.image_groups.max()) + 1)
+        rank_of_image = np.empty_like(image_order)
+        rank_of_image[image_order] = np.arange(len(image_order))
+        order = np.lexsort((np.arange(n), rank_of_image[refs.image_groups]))  # by image rank, then file order
+    else:
+        order = np.random.default_rng([seed, epoch]).permutation(n)
     steps = n // step_rows
     mine = order[: steps * step_rows].reshape(steps, world_size, step_rows // world_size)[:, rank].reshape(-1)
     return refs.indices[mine]
@@ -295,3 +335,31 @@ def decode_references(
 ) -> dict[str, np.ndarray]:
     """Decode references in-process (no Ray): the same stage, for evaluation helpers and tests."""
     return DecodeBatch(refs.source, model_config_json, tokenizer_dir)({"index": refs.indices})
+
+
+def forward_batch(model: Any, batch: dict[str, Any]) -> Any:  # noqa: ANN401
+    """The model on a decoded batch, each distinct image encoded once.
+
+    Rows with the same `image_key` show the same pixels, so the image encoder runs on the batch's distinct images
+    only and `pair_index` pairs every expression with its image; the outputs equal the plain paired forward.
+
+    Args:
+        model: CroBIM or its DDP wrapper.
+        batch: torch columns `image`, `input_ids`, `attention_mask` and, optionally, `image_key`.
+
+    Returns:
+        The ``CroBIMOutput`` for the batch's rows, in order.
+    """
+    import torch
+
+    images = batch["image"]
+    keys = batch.get("image_key")
+    if keys is None:
+        return model(images, batch["input_ids"], batch["attention_mask"])
+    _, first, pair = np.unique(keys.cpu().numpy(), return_index=True, return_inverse=True)
+    if len(first) == len(pair):
+        return model(images, batch["input_ids"], batch["attention_mask"])
+    device = images.device
+    unique_images = images.index_select(0, torch.as_tensor(first, device=device))
+    pair_index = torch.as_tensor(pair.reshape(-1), dtype=torch.long, device=device)
+    return model(unique_images, batch["input_ids"], batch["attention_mask"], pair_index=pair_index)

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from crobim.training.checkpoint import TrainerState, load_checkpoint, save_checkpoint
-from crobim.training.data import train_dataset_name
+from crobim.training.data import forward_batch, train_dataset_name
 
 __all__ = ["epoch_seed", "iters_per_epoch", "seed_everything", "train_loop_per_worker"]
 
@@ -174,7 +174,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             )
             with no_sync:
                 with _autocast(device, sched.precision):
-                    out = ddp_model(batch["image"], batch["input_ids"], batch["attention_mask"])
+                    out = forward_batch(ddp_model, batch)
                 loss = loss_fn(out, masks, has_target)
                 (loss.total / accum).backward()
             loss_sum += float(loss.total.detach())

@@ -224,7 +224,13 @@ def build_trainer(cfg: TrainConfig, *, callbacks: list[Any] | None = None) -> An
 
     def train_indices(epoch: int, rank: int, world_size: int) -> np.ndarray:
         return epoch_indices(
-            train_refs, epoch=epoch, seed=shuffle_seed, step_rows=step_rows, rank=rank, world_size=world_size
+            train_refs,
+            epoch=epoch,
+            seed=shuffle_seed,
+            step_rows=step_rows,
+            rank=rank,
+            world_size=world_size,
+            group_by_image=cfg.data.group_by_image,
         )
 
     # Train V2 serves only the names passed here; configure() builds each epoch's per-rank datasets itself, so

@@ -10,6 +10,8 @@ from typing import Any
 
 import torch
 
+from crobim.training.data import forward_batch
+
 __all__ = ["gather_metrics", "score_batch", "validate"]
 
 logger = logging.getLogger(__name__)
@@ -35,7 +37,7 @@ def score_batch(
     """
     from crobim.inference import binary_mask
 
-    out = model(batch["image"], batch["input_ids"], batch["attention_mask"])
+    out = forward_batch(model, batch)
     pred = binary_mask(out).cpu()  # (B, H, W) bool at the input size
     threshold = model.config.presence.threshold
     gated = (

@@ -66,6 +66,10 @@ class SynRS(RefSegRS):
                 )
             r["synrs"] = m
 
+    def image_key(self, index: int) -> str:
+        """The scene: every expression of a scene is written over a copy of the same image."""
+        return f"scene-{self._records[index]['synrs']['scene']}"
+
     def _load(self, record: dict[str, Any]) -> Sample:
         sample = super()._load(record)
         m = record["synrs"]

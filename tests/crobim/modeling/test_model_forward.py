@@ -225,3 +225,29 @@ def test_every_lgfa_scale_works_on_the_working_grid_or_coarser(out_stride):
     native = [80 * 80, 40 * 40, 20 * 20, 10 * 10]  # test_convnext's strides 4, 8, 16, 32 at 320 px
     assert [a.shape[1] for a in out.aux.word_attention] == [min(n, grid) for n in native]
     assert out.logits.shape == (2, 1, 320, 320)
+
+
+def test_forward_with_pair_index_encodes_each_image_once(tiny_model):
+    """Several expressions of one image: ``forward(..., pair_index)`` equals the forward over repeated images."""
+    tokens = tiny_model.tokenize(EXPRESSIONS)
+    images = _images(2, (320, 320), seed=7)
+    pair_index = torch.tensor([1, 0, 1, 1])
+    seen = []
+    hook = tiny_model.backbone.register_forward_pre_hook(lambda _m, args: seen.append(args[0].shape[0]))
+    try:
+        with torch.no_grad():
+            shared = tiny_model(images, **tokens, pair_index=pair_index)
+            repeated = tiny_model(images.index_select(0, pair_index), **tokens)
+    finally:
+        hook.remove()
+    assert seen == [2, 4]
+    torch.testing.assert_close(shared.logits, repeated.logits, atol=1e-5, rtol=0)
+    torch.testing.assert_close(shared.presence_logit, repeated.presence_logit, atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="pair_index"):
+        tiny_model(images, **tokens)
+    # a PWAM backbone needs the text, so it encodes the repeated images instead; the outputs are the same
+    pwam = build_model(get_preset("crobim-tiny").replace(backbone={"in_fusion": "pwam"})).eval()
+    with torch.no_grad():
+        shared = pwam(images, **tokens, pair_index=pair_index)
+        repeated = pwam(images.index_select(0, pair_index), **tokens)
+    torch.testing.assert_close(shared.logits, repeated.logits, atol=1e-5, rtol=0)

@@ -66,7 +66,12 @@ def test_decode_matches_the_model(synrs_root):
 
 def test_epoch_indices_give_every_world_size_the_same_global_batches():
     # Reader indices 100..122: the epoch order permutes positions and returns the reader's indices.
-    refs = ReferenceSet(SampleSource("synrs", "/x", "train"), np.arange(100, 123), np.zeros(23, dtype=bool))
+    refs = ReferenceSet(
+        SampleSource("synrs", "/x", "train"),
+        np.arange(100, 123),
+        np.zeros(23, dtype=bool),
+        np.arange(23) // 3,
+    )
 
     def ids(epoch, rank, world, seed=7):
         out = epoch_indices(refs, epoch=epoch, seed=seed, step_rows=4, rank=rank, world_size=world)
@@ -87,6 +92,80 @@ def test_epoch_indices_give_every_world_size_the_same_global_batches():
         epoch_indices(refs, epoch=0, seed=0, step_rows=4, rank=0, world_size=3)
 
 
+def test_image_groups_follow_the_scenes(synrs_root):
+    from crobim.data import SynRS
+
+    data = DataSettings(dataset="synrs", root=str(synrs_root))
+    refs = build_reference_set(data, "train", limit=None, keep_no_target=True)
+    reader = SynRS(synrs_root, "train")
+    scenes = [reader.record(i)["synrs"]["scene"] for i in range(len(reader))]
+    first_seen = list(dict.fromkeys(scenes))
+    assert refs.image_groups.tolist() == [first_seen.index(s) for s in scenes]
+    assert len(set(scenes)) < len(scenes)  # several expressions per scene
+    # samples of one scene really show the same pixels, and the decoded rows say so
+    batch = decode_references(refs, model_config_json=build_model_config(TrainConfig(data=data)).to_json())
+    for a in range(len(refs)):
+        for b in range(a + 1, len(refs)):
+            same = scenes[a] == scenes[b]
+            assert (batch["image_key"][a] == batch["image_key"][b]) == same
+            if same:
+                np.testing.assert_array_equal(batch["image"][a], batch["image"][b])
+
+
+def test_epoch_indices_grouped_by_image():
+    groups = np.repeat(np.arange(10), [3, 2, 3, 1, 3, 3, 2, 3, 3, 1])  # 24 references of 10 images
+    refs = ReferenceSet(SampleSource("synrs", "/x", "train"), np.arange(24), np.zeros(24, dtype=bool), groups)
+
+    def ids(epoch, rank, world):
+        out = epoch_indices(
+            refs, epoch=epoch, seed=3, step_rows=8, rank=rank, world_size=world, group_by_image=True
+        )
+        return [int(i) for i in out]
+
+    one = ids(0, 0, 1)
+    assert sorted(one) == list(range(24))
+    runs = [groups[one[0]]] + [
+        groups[b] for a, b in zip(one, one[1:], strict=False) if groups[a] != groups[b]
+    ]
+    assert len(runs) == 10 and runs != sorted(
+        runs
+    )  # each image once, its references together, images shuffled
+    assert all(
+        one.index(i) < one.index(j)
+        for i, j in zip(range(23), range(1, 24), strict=True)
+        if groups[i] == groups[j]
+    )
+    assert ids(1, 0, 1) != one and ids(0, 0, 1) == one
+    two = [ids(0, r, 2) for r in range(2)]
+    for step in range(3):
+        assert (
+            two[0][4 * step : 4 * step + 4] + two[1][4 * step : 4 * step + 4] == one[8 * step : 8 * step + 8]
+        )
+
+
+def test_forward_batch_encodes_each_image_once(synrs_root):
+    import crobim
+    from crobim.training.data import forward_batch
+
+    data = DataSettings(dataset="synrs", root=str(synrs_root))
+    model_cfg = build_model_config(TrainConfig(data=data, model_overrides={"input.size": [64, 64]}))
+    refs = build_reference_set(data, "train", limit=9, keep_no_target=True)
+    batch = {
+        k: torch.from_numpy(v)
+        for k, v in decode_references(refs, model_config_json=model_cfg.to_json()).items()
+    }
+    torch.manual_seed(0)
+    model = crobim.build_model(model_cfg).eval()
+    seen = []
+    model.backbone.register_forward_pre_hook(lambda _m, args: seen.append(args[0].shape[0]))
+    with torch.no_grad():
+        shared = forward_batch(model, batch)
+        plain = model(batch["image"], batch["input_ids"], batch["attention_mask"])
+    assert seen == [len(np.unique(refs.image_groups)), 9] and seen[0] < 9
+    torch.testing.assert_close(shared.logits, plain.logits, atol=1e-5, rtol=0)
+    torch.testing.assert_close(shared.presence_logit, plain.presence_logit, atol=1e-5, rtol=0)
+
+
 def test_to_dataset_streams_the_given_indices_in_order(ray_local, synrs_root):
     from ray.data import ExecutionOptions
 
@@ -101,7 +180,8 @@ def test_to_dataset_streams_the_given_indices_in_order(ray_local, synrs_root):
     got = ds.take_all()
     assert [int(r["index"]) for r in got] == [int(i) for i in order]
     expected = decode_references(
-        ReferenceSet(refs.source, order, refs.no_target[::-1][:10]), model_config_json=model_json
+        ReferenceSet(refs.source, order, refs.no_target[::-1][:10], refs.image_groups[::-1][:10]),
+        model_config_json=model_json,
     )
     for row, image, mask in zip(got, expected["image"], expected["mask"], strict=True):
         np.testing.assert_array_equal(row["image"], image)
