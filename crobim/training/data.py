@@ -5,11 +5,11 @@ without reading any pixels. A streaming CPU `map_batches` actor pool opens the r
 image and mask, resizes and normalises the image with the model's own `preprocess_images` settings, resizes the
 mask with `crobim.transforms.resize_mask` and tokenises the expression with the model's tokenizer. Every rank
 gets its own dataset per epoch (`epoch_indices`: a seeded permutation cut into global micro-steps, the rank's
-slice of each; with `data.group_by_image` a permutation of the images, each followed by its expressions), read with
-`ray.train.get_dataset_shard`; validation is split across the ranks. Each decoded row carries `image_key`, a hash
-of the reader's `image_key`, so that `forward_batch` encodes an image once per batch however many of its
-expressions the batch holds. No process holds
-the dataset: the object store keeps only the indices (8 bytes per sample and epoch).
+slice of each; with `data.group_by_image` a permutation of the images, each followed by its expressions), read
+with `ray.train.get_dataset_shard`; validation is split across the ranks. Each decoded row carries `image_key`, a
+hash of the reader's `image_key`, so that `forward_batch` encodes an image once per batch however many of its
+expressions the batch holds. No process holds the dataset: the object store keeps only the indices (8 bytes per
+sample and epoch).
 """
 
 from __future__ import annotations
