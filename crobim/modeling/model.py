@@ -305,21 +305,23 @@ class CroBIM(nn.Module):
         Returns:
             ``CroBIMOutput`` with logits (N, C, H, W) and presence (N,) or None.
         """
-        if pair_index is None:
-            if images.shape[0] != input_ids.shape[0]:
-                raise ValueError(
-                    f"forward pairs images and expressions: got {images.shape[0]} images and "
-                    f"{input_ids.shape[0]} expressions; pass pair_index, or use encode_image/encode_text/decode "
-                    "for many queries per image"
-                )
-            pair_index = torch.arange(images.shape[0], device=images.device)
+        if pair_index is None and images.shape[0] != input_ids.shape[0]:
+            raise ValueError(
+                f"forward pairs images and expressions: got {images.shape[0]} images and "
+                f"{input_ids.shape[0]} expressions; pass pair_index, or use encode_image/encode_text/decode "
+                "for many queries per image"
+            )
         txt = self.encode_text(input_ids, attention_mask)
         if self.backbone.needs_text:
+            # The backbone fuses each expression into its image, so every pair needs its own image copy.
+            if pair_index is not None:
+                images, pair_index = images.index_select(0, pair_index), None
             words = txt.hidden if txt.hidden is not None else self.text(input_ids, attention_mask)
-            img = self._backbone(images.index_select(0, pair_index), words, attention_mask)
-            pair_index = torch.arange(input_ids.shape[0], device=images.device)
+            img = self._backbone(images, words, attention_mask)
         else:
             img = self.encode_image(images)
+        if pair_index is None:
+            pair_index = torch.arange(input_ids.shape[0], device=images.device)
         return self.decode(img, txt, pair_index=pair_index)
 
     # ---------------------------------------------------------------------------------------------- checkpoints
