@@ -23,7 +23,7 @@ import torch
 from crobim.training.checkpoint import TrainerState, load_checkpoint, save_checkpoint
 from crobim.training.data import forward_batch, train_dataset_name
 
-__all__ = ["epoch_seed", "iters_per_epoch", "seed_everything", "train_loop_per_worker"]
+__all__ = ["broadcast_buffers", "epoch_seed", "iters_per_epoch", "seed_everything", "train_loop_per_worker"]
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +61,22 @@ def _all_reduce_mean(values: list[float], device: torch.device) -> list[float]:
         torch.distributed.all_reduce(t)
         t /= torch.distributed.get_world_size()
     return t.tolist()
+
+
+def broadcast_buffers(module: torch.nn.Module) -> None:
+    """Copy rank 0's buffers (BatchNorm running statistics) to every rank (no-op without a process group).
+
+    DDP runs with `broadcast_buffers=False`: its per-forward buffer broadcast is one more collective every step, and
+    on a CPU node each collective waits for the slowest rank. The ranks' running statistics drift apart during an
+    epoch (training-mode forwards use batch statistics, so the losses are unaffected) and become rank 0's again here,
+    before validation and the checkpoint: rank 0's are the ones DDP would have broadcast.
+    """
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return
+    if torch.distributed.get_world_size() == 1:
+        return
+    for buffer in module.buffers():
+        torch.distributed.broadcast(buffer, src=0)
 
 
 def _to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
@@ -129,7 +145,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 
     if device.type == "cuda" and world > 1:
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)  # MODEL.md §6: SyncBN under DDP
-    ddp_model = ray.train.torch.prepare_model(model)
+    ddp_model = ray.train.torch.prepare_model(model, parallel_strategy_kwargs={"broadcast_buffers": False})
     net = model  # the unwrapped module (for checkpoints)
     if device.type != "cpu":
         # prepare_model moved the parameters; the optimizer state must follow them.
@@ -216,6 +232,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             + [loss_parts_sum[k] / max(n_micro, 1) for k in part_names],
             device,
         )
+        broadcast_buffers(net)
         val_metrics = validate(
             ddp_model, val_shard, device=device, precision=sched.precision, batch_size=sched.val_batch_size
         )
