@@ -354,12 +354,11 @@ def forward_batch(model: Any, batch: dict[str, Any]) -> Any:  # noqa: ANN401
 
     images = batch["image"]
     keys = batch.get("image_key")
-    if keys is None:
-        return model(images, batch["input_ids"], batch["attention_mask"])
-    _, first, pair = np.unique(keys.cpu().numpy(), return_index=True, return_inverse=True)
-    if len(first) == len(pair):
-        return model(images, batch["input_ids"], batch["attention_mask"])
-    device = images.device
-    unique_images = images.index_select(0, torch.as_tensor(first, device=device))
-    pair_index = torch.as_tensor(pair.reshape(-1), dtype=torch.long, device=device)
-    return model(unique_images, batch["input_ids"], batch["attention_mask"], pair_index=pair_index)
+    if keys is not None:
+        _, first, pair = np.unique(keys.cpu().numpy(), return_index=True, return_inverse=True)
+        if len(first) < len(pair):
+            device = images.device
+            unique_images = images.index_select(0, torch.as_tensor(first, device=device))
+            pair_index = torch.as_tensor(pair.reshape(-1), dtype=torch.long, device=device)
+            return model(unique_images, batch["input_ids"], batch["attention_mask"], pair_index=pair_index)
+    return model(images, batch["input_ids"], batch["attention_mask"])
