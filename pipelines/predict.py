@@ -7,7 +7,9 @@ Any object with a ``tile_size`` and a ``predict`` method can answer a region job
 ``--model`` names either a CroBIM checkpoint folder (``save_pretrained`` layout, local or object storage) or
 ``package.module:factory``, a zero-argument callable returning such an object. :class:`CroBIMPredictor` encodes each
 query once (cached per predictor, i.e. once per Ray actor), encodes each tile image once per micro-batch, then
-decodes every (tile, query) pair on the cached features: one pass over the imagery serves all queries.
+decodes every (tile, query) pair on the cached features: one pass over the imagery serves all queries. Models whose
+image features depend on the query (``backbone.in_fusion = 'pwam'``), or whose config turns
+``runtime.cache_image_features`` off, run one paired forward per (tile, query) pair instead.
 """
 
 from __future__ import annotations
@@ -188,6 +190,10 @@ class CroBIMPredictor:
         self.device = torch.device(device) if device else next(model.parameters()).device
         self.model = model.to(self.device).eval()
         self.gate_presence = gate_presence and bool(model.config.presence.enabled)
+        # Image features are shared by a tile's queries unless the backbone fuses each query into them.
+        self.cache_image_features = bool(model.config.runtime.cache_image_features) and not bool(
+            model.backbone.needs_text
+        )
         self.presence_threshold = float(model.config.presence.threshold)
         if pairs_per_pass is None and self.device.type == "cpu":
             pairs_per_pass = 1
@@ -224,18 +230,34 @@ class CroBIMPredictor:
         autocast = self.device.type == "cuda"
         with torch.inference_mode(), torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=autocast):
             pixels = self.model.preprocess(tiles).to(self.device)  # (B, H, W, 3) uint8 -> (B, 3, S, S) float
-            img = self.model.encode_image(pixels)
-            out = self.model.decode(img, txt, pairs_per_pass=self.pairs_per_pass)  # (B, Q, C, H, W), (B, Q)
-            prob = foreground_probability(out.logits.float())  # (B, Q, C, h, w) -> (B, Q, h, w)
+            logits, presence = self._logits(pixels, txt)  # (B, Q, C, H, W), (B, Q) or None
+            prob = foreground_probability(logits.float())  # (B, Q, C, h, w) -> (B, Q, h, w)
             if prob.shape[-2:] != (s, s):
                 prob = F.interpolate(prob, size=(s, s), mode="bilinear", align_corners=False)
-            if self.gate_presence and out.presence_logit is not None:
-                present = torch.sigmoid(out.presence_logit.float()) >= self.presence_threshold  # (B, Q)
+            if self.gate_presence and presence is not None:
+                present = torch.sigmoid(presence.float()) >= self.presence_threshold  # (B, Q)
                 prob = prob * present[:, :, None, None]
             prob = prob.clamp(0.0, 1.0).cpu()
-        self.counts["image_encodes"] += b
+        self.counts["image_encodes"] += b if self.cache_image_features else b * len(queries)
         self.counts["decodes"] += b * len(queries)
         return prob.numpy().astype(np.float32, copy=False)
+
+    def _logits(self, pixels: Any, txt: Any) -> tuple[Any, Any]:
+        """Mask logits (B, Q, C, H, W) and presence logits (B, Q) or None for B tiles and the cached queries."""
+        import torch
+
+        if self.cache_image_features:
+            out = self.model.decode(self.model.encode_image(pixels), txt, pairs_per_pass=self.pairs_per_pass)
+            return out.logits, out.presence_logit
+        # Plain paired forwards, one batch of Q copies per tile: each (tile, query) pair encodes the image itself.
+        num_queries = len(txt)
+        outs = [
+            self.model(pixels[i : i + 1].expand(num_queries, -1, -1, -1), txt.input_ids, txt.attention_mask)
+            for i in range(pixels.shape[0])
+        ]  # each: logits (Q, C, H, W), presence (Q,)
+        logits = torch.stack([o.logits for o in outs])
+        presence = None if outs[0].presence_logit is None else torch.stack([o.presence_logit for o in outs])
+        return logits, presence
 
 
 def _local_checkpoint(uri: str) -> Path:

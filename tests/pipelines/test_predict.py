@@ -121,6 +121,41 @@ def test_crobim_multi_query_equals_single_queries(tiny):
     np.testing.assert_allclose(one_pass.predict(tiles, ["red roofs", "ponds"]), both, atol=1e-5)
 
 
+def test_crobim_without_feature_caching_equals_cached(tiny):
+    from crobim.modeling import build_model
+
+    torch.manual_seed(0)
+    uncached_model = build_model(tiny.config.replace(runtime={"cache_image_features": False})).eval()
+    uncached_model.load_state_dict(tiny.state_dict())
+    tiles, queries = _tiles(2, 128, seed=4), ["red roofs", "ponds", "roads"]
+    cached = CroBIMPredictor(tiny, device="cpu")
+    uncached = CroBIMPredictor(uncached_model, device="cpu")
+    assert cached.cache_image_features and not uncached.cache_image_features
+    np.testing.assert_allclose(uncached.predict(tiles, queries), cached.predict(tiles, queries), atol=1e-5)
+    assert uncached.counts["image_encodes"] == 6 and cached.counts["image_encodes"] == 2
+
+
+def test_crobim_pwam_backbone_runs_one_forward_per_pair(tiny):
+    from crobim.inference import foreground_probability
+    from crobim.modeling import build_model
+
+    # In-backbone fusion makes the image features depend on the query: encode_image refuses, so the predictor must
+    # not cache them, and each pair's output must equal that pair's own forward.
+    torch.manual_seed(0)
+    pwam = build_model(tiny.config.replace(backbone={"in_fusion": "pwam"})).eval()
+    pred = CroBIMPredictor(pwam, device="cpu", gate_presence=False)
+    assert not pred.cache_image_features
+    tiles, queries = _tiles(2, 128, seed=5), ["red roofs", "ponds"]
+    out = pred.predict(tiles, queries)
+    assert out.shape == (2, 2, 128, 128)
+    with torch.inference_mode():
+        tok = pwam.tokenize(queries[1:])
+        single = pwam(pwam.preprocess(tiles[1:]), tok["input_ids"], tok["attention_mask"])
+        expected = foreground_probability(single.logits).numpy()
+    np.testing.assert_allclose(out[1, 1], expected[0], atol=1e-5)
+    assert not np.allclose(out[1, 0], out[1, 1])
+
+
 def test_crobim_presence_gating(tiny):
     tiles = _tiles(3, 128, seed=3)
     queries = ["red roofs", "ponds"]
