@@ -23,7 +23,14 @@ import torch
 from crobim.training.checkpoint import TrainerState, load_checkpoint, save_checkpoint
 from crobim.training.data import forward_batch, train_dataset_name
 
-__all__ = ["broadcast_buffers", "epoch_seed", "iters_per_epoch", "seed_everything", "train_loop_per_worker"]
+__all__ = [
+    "broadcast_buffers",
+    "epoch_seed",
+    "in_process_group",
+    "iters_per_epoch",
+    "seed_everything",
+    "train_loop_per_worker",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -54,10 +61,15 @@ def _autocast(device: torch.device, precision: str) -> contextlib.AbstractContex
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
 
 
+def in_process_group() -> bool:
+    """True inside an initialised `torch.distributed` process group (a Ray Train worker)."""
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
 def _all_reduce_mean(values: list[float], device: torch.device) -> list[float]:
     """Average floats over ranks (identity without a process group)."""
     t = torch.tensor(values, dtype=torch.float64, device=device)
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
+    if in_process_group():
         torch.distributed.all_reduce(t)
         t /= torch.distributed.get_world_size()
     return t.tolist()
@@ -71,9 +83,7 @@ def broadcast_buffers(module: torch.nn.Module) -> None:
     epoch (training-mode forwards use batch statistics, so the losses are unaffected) and become rank 0's again here,
     before validation and the checkpoint: rank 0's are the ones DDP would have broadcast.
     """
-    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
-        return
-    if torch.distributed.get_world_size() == 1:
+    if not in_process_group() or torch.distributed.get_world_size() == 1:
         return
     for buffer in module.buffers():
         torch.distributed.broadcast(buffer, src=0)

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from crobim.training.data import forward_batch
+from crobim.training.loop import in_process_group
 
 __all__ = ["gather_metrics", "score_batch", "validate"]
 
@@ -35,14 +36,15 @@ def score_batch(
         metrics: `ReferringMetrics` fed with ungated masks (the benchmark protocol).
         gated_metrics: `ReferringMetrics` fed with presence-gated masks, when the presence head is on.
     """
-    from crobim.inference import binary_mask
+    from crobim.inference import binary_mask, presence_probability
 
     out = forward_batch(model, batch)
     pred = binary_mask(out).cpu()  # (B, H, W) bool at the input size
-    threshold = model.config.presence.threshold
-    gated = (
-        binary_mask(out, gate_presence=True, threshold=threshold).cpu() if gated_metrics is not None else None
-    )
+    gated = None
+    if gated_metrics is not None:
+        # binary_mask(out, gate_presence=True) without building the mask a second time
+        present = presence_probability(out).cpu() >= model.config.presence.threshold  # (B,)
+        gated = pred & present[:, None, None]
     gt = batch["mask"].bool().cpu()
     no_target = batch["no_target"].bool().cpu()
     metrics.update(pred.numpy(), gt.numpy(), no_target=no_target.tolist())
@@ -52,7 +54,7 @@ def score_batch(
 
 def gather_metrics(metrics: Any) -> Any:  # noqa: ANN401
     """All-reduce (sum) a `ReferringMetrics` state over ranks; every rank ends with the global state."""
-    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+    if not in_process_group():
         return metrics
     ints, floats = metrics.state_arrays()
     t_int = torch.as_tensor(ints, dtype=torch.int64)
