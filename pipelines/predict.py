@@ -168,7 +168,7 @@ class CroBIMPredictor:
         pairs_per_pass: Tile-query pairs whose pixel side (LGFA, MID, heads) is decoded at a time
             (``CroBIM.decode``); default one on CPU, where a pair's pixel activations then stay in cache (1.2-1.4x
             faster per pair than one pass over 4-16 pairs, docs/benchmarks.md), and all of a micro-batch's pairs
-            in one pass on GPU.
+            in one pass on GPU. Without feature caching: the pairs of one paired forward, at most a tile's Q.
     """
 
     def __init__(
@@ -249,15 +249,25 @@ class CroBIMPredictor:
         if self.cache_image_features:
             out = self.model.decode(self.model.encode_image(pixels), txt, pairs_per_pass=self.pairs_per_pass)
             return out.logits, out.presence_logit
-        # Plain paired forwards, one batch of Q copies per tile: each (tile, query) pair encodes the image itself.
+        # Plain paired forwards over copies of each tile, at most pairs_per_pass pairs at a time: each (tile, query)
+        # pair encodes the image itself.
         num_queries = len(txt)
-        outs = [
-            self.model(pixels[i : i + 1].expand(num_queries, -1, -1, -1), txt.input_ids, txt.attention_mask)
-            for i in range(pixels.shape[0])
-        ]  # each: logits (Q, C, H, W), presence (Q,)
-        logits = torch.stack([o.logits for o in outs])
-        presence = None if outs[0].presence_logit is None else torch.stack([o.presence_logit for o in outs])
-        return logits, presence
+        step = self.pairs_per_pass or num_queries
+        logits, presence = [], []
+        for i in range(pixels.shape[0]):
+            for start in range(0, num_queries, step):
+                rows = slice(start, start + step)
+                ids = txt.input_ids[rows]
+                out = self.model(
+                    pixels[i : i + 1].expand(len(ids), -1, -1, -1), ids, txt.attention_mask[rows]
+                )
+                logits.append(out.logits)  # (q, C, H, W)
+                presence.append(out.presence_logit)  # (q,) or None
+        b = pixels.shape[0]
+        stacked = torch.cat(logits).reshape(b, num_queries, *logits[0].shape[1:])
+        if presence[0] is None:
+            return stacked, None
+        return stacked, torch.cat(presence).reshape(b, num_queries)
 
 
 def _local_checkpoint(uri: str) -> Path:

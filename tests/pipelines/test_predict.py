@@ -131,8 +131,11 @@ def test_crobim_without_feature_caching_equals_cached(tiny):
     cached = CroBIMPredictor(tiny, device="cpu")
     uncached = CroBIMPredictor(uncached_model, device="cpu")
     assert cached.cache_image_features and not uncached.cache_image_features
-    np.testing.assert_allclose(uncached.predict(tiles, queries), cached.predict(tiles, queries), atol=1e-5)
+    expected = cached.predict(tiles, queries)
+    np.testing.assert_allclose(uncached.predict(tiles, queries), expected, atol=1e-5)
     assert uncached.counts["image_encodes"] == 6 and cached.counts["image_encodes"] == 2
+    two_per_pass = CroBIMPredictor(uncached_model, device="cpu", pairs_per_pass=2)
+    np.testing.assert_allclose(two_per_pass.predict(tiles, queries), expected, atol=1e-5)
 
 
 def test_crobim_pwam_backbone_runs_one_forward_per_pair(tiny):
