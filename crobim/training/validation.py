@@ -40,16 +40,13 @@ def score_batch(
 
     out = forward_batch(model, batch)
     pred = binary_mask(out).cpu()  # (B, H, W) bool at the input size
-    gated = None
+    gt = batch["mask"].bool().cpu().numpy()
+    no_target = batch["no_target"].bool().cpu().tolist()
+    metrics.update(pred.numpy(), gt, no_target=no_target)
     if gated_metrics is not None:
         # binary_mask(out, gate_presence=True) without building the mask a second time
         present = presence_probability(out).cpu() >= model.config.presence.threshold  # (B,)
-        gated = pred & present[:, None, None]
-    gt = batch["mask"].bool().cpu()
-    no_target = batch["no_target"].bool().cpu()
-    metrics.update(pred.numpy(), gt.numpy(), no_target=no_target.tolist())
-    if gated_metrics is not None and gated is not None:
-        gated_metrics.update(gated.numpy(), gt.numpy(), no_target=no_target.tolist())
+        gated_metrics.update((pred & present[:, None, None]).numpy(), gt, no_target=no_target)
 
 
 def gather_metrics(metrics: Any) -> Any:  # noqa: ANN401
