@@ -1,7 +1,7 @@
 """Polygon merge cost at region scale: time and peak memory of ``merge_parts`` for a region and one 4x larger.
 
 The final step of a region job joins the per-chunk polygon parts across chunk seams and writes
-``polygons.parquet`` on the driver (``pipelines.vector.merge_parts``). This benchmark writes synthetic parts
+``polygons.parquet`` on the driver (``pipelines.merge_polygons.merge_parts``). This benchmark writes synthetic parts
 (``--chunk-px`` chunks on a k x k grid, each with a dense field of small blobs for one query and two bands that cross
 every seam for another: ~1,000 polygons per chunk, most of them single-chunk, some groups spanning every chunk row)
 and merges them in a fresh process per region, printing side by side: polygons, merge seconds, polygons per
@@ -27,7 +27,7 @@ import sys
 import numpy as np
 from rasterio.crs import CRS
 from pipelines.grid import OutputGrid, plan_chunks
-from pipelines.vector import vectorize_chunk, write_part
+from pipelines.polygonize import vectorize_chunk, write_part
 k, px, out = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
 grid = OutputGrid(CRS.from_epsg(32631).to_wkt(), (1.0, 0.0, 500000.0, 0.0, -1.0, 5000000.0), k * px, k * px)
 prob = np.zeros((2, px, px), np.uint8)
@@ -43,7 +43,7 @@ for chunk in plan_chunks(grid, [], px, 0):
 _MERGE = """
 import glob, json, resource, sys, time
 from rasterio.crs import CRS
-from pipelines.vector import merge_parts
+from pipelines.merge_polygons import merge_parts
 parts = sorted(glob.glob(sys.argv[1] + "/parts/*.parquet"))
 crs = CRS.from_epsg(32631).to_wkt()
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

@@ -10,7 +10,7 @@ Everything is measured side by side in one run, on CPU in float32 (or on CUDA in
 from __future__ import annotations
 
 import argparse
-import contextlib
+import functools
 import statistics
 import sys
 import time
@@ -20,6 +20,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from crobim import build_model
 from crobim.config import get_preset
+from crobim.precision import autocast as precision_autocast
 
 EXPRESSIONS = [
     "the large white building next to the parking lot",
@@ -140,12 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.type == "cuda":
-
-        def autocast():
-            return torch.autocast("cuda", dtype=torch.bfloat16)
-    else:
-        autocast = contextlib.nullcontext
+    autocast = functools.partial(precision_autocast, device, "auto")  # bf16 on CUDA, fp32 on CPU
     precision = "bf16 autocast" if device.type == "cuda" else "float32"
     print(f"device {device} ({precision}), torch {torch.__version__}, {torch.get_num_threads()} CPU threads")
     timer = _Timer(device)

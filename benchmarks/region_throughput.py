@@ -74,7 +74,8 @@ class PeakRSS:
 
 
 def run_region(scene, ckpt: Path, out: Path, queries: list[str], args) -> dict:
-    from pipelines.region import RegionJobConfig, run_region
+    from pipelines.region import run_region
+    from pipelines.region_config import RegionJobConfig
 
     config = RegionJobConfig(
         bbox=scene.bbox_wgs84,
@@ -109,11 +110,12 @@ def bare_predict(scene, ckpt: Path, queries: list[str], args) -> dict:
     """predict() alone over exactly the tiles the pipeline runs, in the same padded micro-batches."""
     import torch
 
-    from pipelines.blend import cut_tiles, tile_windows
+    from pipelines.blend import cut_tiles
+    from pipelines.plan import plan_region
     from pipelines.predict import load_predictor
     from pipelines.read import read_chunk
-    from pipelines.region import RegionJobConfig, plan_region
-    from pipelines.stac import load_catalog
+    from pipelines.region_config import RegionJobConfig
+    from pipelines.stac_files import load_catalog
 
     torch.set_num_threads(args.threads)
     config = RegionJobConfig(
@@ -133,11 +135,8 @@ def bare_predict(scene, ckpt: Path, queries: list[str], args) -> dict:
         if chunk.empty:
             continue
         img = read_chunk(chunk, plan.grid, items)
-        core = (chunk.row_off, chunk.col_off, chunk.height, chunk.width)
         origin = (chunk.row_off - chunk.halo_px, chunk.col_off - chunk.halo_px)
-        tiles = [
-            t for _, t in cut_tiles(img.rgb, origin, tile_windows(plan.lattice, core), s, valid=img.valid)
-        ]
+        tiles = [t for _, t in cut_tiles(img.rgb, origin, plan.tiles[chunk.chunk_id], s, valid=img.valid)]
         for k in range(0, len(tiles), b):
             batch = np.zeros((b, s, s, 3), dtype=np.uint8)
             part = tiles[k : k + b]
@@ -232,7 +231,8 @@ def main() -> None:
     import torch
 
     from crobim.modeling import build_model
-    from pipelines.synthetic_region import make_region
+    from crobim.weights import save_model
+    from pipelines.demo.region import make_region
 
     work = Path(args.workdir or tempfile.mkdtemp(prefix="region-bench-"))
     large = make_region(work / "region-4x", seed=1, size_px=2 * args.size_px, gsd_m=args.gsd_m)
@@ -241,7 +241,7 @@ def main() -> None:
         torch.manual_seed(0)
         ckpt = work / "crobim-tiny"
         if not ckpt.exists():
-            build_model("crobim-tiny").save_pretrained(ckpt)
+            save_model(build_model("crobim-tiny"), ckpt)
         small = make_region(work / "region-1x", seed=1, size_px=args.size_px, gsd_m=args.gsd_m)
         for key, scene, queries in (
             ("region_1x_q1", small, QUERIES[:1]),

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from crobim.data import SynRS
 from crobim.data.synrs import write_dataset
-from pipelines.synthetic_region import make_region
+from pipelines.demo.region import make_region
 
 
 def _timed(fn):

@@ -7,9 +7,10 @@ shuffled expressions (a language ablation).
 Steps: (1) generate SynRS (seed 0; train/val/test sizes below) unless present; (2) `jobs/train.py` with the
 config (Ray Train, the real path), timed; (3) evaluate `<runs>/<name>/best` on the val and test splits with
 `crobim.metrics.ReferringMetrics`: oIoU, mIoU (all samples and target samples only), giou_gres, N-acc, T-acc,
-presence gating on and off; then the same with the expressions permuted across samples (seeded). Must show
-(issue 8): gIoU >= 0.50 and target mIoU >= 0.45; shuffled, both <= 2/3 of that. Optionally (4) writes the fp16
-demo model (`--demo-out`; its model card is written by hand from the printed tables) and prints its size.
+presence gating on and off (`crobim.scoring.score_batches`); then the same with the expressions permuted across
+samples (seeded). Must show (issue 8): gIoU >= 0.50 and target mIoU >= 0.45; shuffled, both <= 2/3 of that.
+Optionally (4) writes the fp16 demo model (`--demo-out`, `crobim.training.export.export_fp16`; its model card is
+written by hand from the printed tables) and prints its size.
 """
 
 from __future__ import annotations
@@ -28,8 +29,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def evaluate(model, reader, *, shuffle_seed: int | None, gate: bool, batch: int = 50) -> dict[str, float]:
-    from crobim.inference import binary_mask
     from crobim.metrics import ReferringMetrics
+    from crobim.scoring import score_batches
     from crobim.transforms import resize_mask
 
     every, targets = ReferringMetrics(), ReferringMetrics()
@@ -40,24 +41,26 @@ def evaluate(model, reader, *, shuffle_seed: int | None, gate: bool, batch: int 
         perm = np.random.default_rng(shuffle_seed).permutation(n)
         texts = [texts[i] for i in perm]
     size = model.config.input.size
-    threshold = model.config.presence.threshold
-    with torch.inference_mode():
+
+    def batches():
         for start in range(0, n, batch):
             samples = [reader[i] for i in range(start, min(n, start + batch))]
-            out = model(
-                model.preprocess([s.image for s in samples]),
-                **model.tokenize(texts[start : start + len(samples)]),
-            )
-            gated = gate and model.config.presence.enabled
-            pred = binary_mask(out, gate_presence=gated, threshold=threshold).numpy()
-            for s, p in zip(samples, pred, strict=True):
-                gt = resize_mask(s.mask, size)
-                every.update(p, gt, no_target=s.no_target)
-                if not s.no_target:
-                    targets.update(p, gt, no_target=False)
-                union = int((gt | p).sum())
-                iou = 1.0 if union == 0 else int((gt & p).sum()) / union
-                per_template.setdefault(str(s.meta.get("template", "?")), []).append(iou)
+            images = model.preprocess([s.image for s in samples])
+            tokens = model.tokenize(texts[start : start + len(samples)])
+            yield {"image": images, **tokens, "samples": samples}
+
+    def consume(b, masks):
+        pred = masks.pick(gate).numpy()
+        for s, p in zip(b["samples"], pred, strict=True):
+            gt = resize_mask(s.mask, size)
+            every.update(p, gt, no_target=s.no_target)
+            if not s.no_target:
+                targets.update(p, gt, no_target=False)
+            union = int((gt | p).sum())
+            iou = 1.0 if union == 0 else int((gt & p).sum()) / union
+            per_template.setdefault(str(s.meta.get("template", "?")), []).append(iou)
+
+    score_batches(model, batches(), consume)
     res = every.compute()
     return {
         "oIoU": res["oIoU"],
@@ -71,32 +74,6 @@ def evaluate(model, reader, *, shuffle_seed: int | None, gate: bool, batch: int 
         # IoU per SynRS template (no-target ones score 1 for an empty prediction), with the sample count
         "templates": {k: (len(v), float(np.mean(v))) for k, v in sorted(per_template.items())},
     }
-
-
-def export_demo(best_dir: Path, out: Path) -> int:
-    """Copy best/ with its float weights stored as fp16 (config and text-encoder config stay fp32; the loader
-    casts on load), then check that it loads."""
-    import shutil
-
-    from safetensors import safe_open
-    from safetensors.torch import load_file, save_file
-
-    from crobim import CroBIM
-
-    card = out / "MODEL_CARD.md"
-    card_text = card.read_text() if card.is_file() else None
-    if out.exists():
-        shutil.rmtree(out)
-    shutil.copytree(best_dir, out, ignore=shutil.ignore_patterns("training_metrics.json"))
-    if card_text is not None:  # the hand-written card stays
-        card.write_text(card_text)
-    weights = out / "model.safetensors"
-    with safe_open(str(weights), framework="pt") as handle:
-        metadata = handle.metadata() or {}
-    tensors = {k: (v.half() if v.is_floating_point() else v) for k, v in load_file(str(weights)).items()}
-    save_file(tensors, str(weights), metadata=metadata)
-    CroBIM.from_pretrained(out)
-    return sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
 
 
 def _row(name: str, m: dict) -> str:
@@ -184,7 +161,7 @@ def main() -> int:
         train_s = time.perf_counter() - t0
         if rc:
             return rc
-    from crobim import CroBIM
+    from crobim import load_model
 
     best = Path(args.runs) / args.name / "best"
     if args.skip_train:
@@ -192,7 +169,7 @@ def main() -> int:
         from crobim.training.export import export_local_run
 
         export_local_run(Path(args.runs) / args.name)
-    model = CroBIM.from_pretrained(best).eval()
+    model = load_model(best).eval()
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     report: dict[str, object] = {
         "train_wall_s": train_s,
@@ -218,7 +195,9 @@ def main() -> int:
     report["best_epoch_metrics"] = history["best"]
     report["epochs_done"] = history["epochs_done"]
     if args.demo_out:
-        report["demo_bytes"] = export_demo(best, Path(args.demo_out))
+        from crobim.training.export import export_fp16
+
+        report["demo_bytes"] = export_fp16(best, Path(args.demo_out))
     print(json.dumps(report, indent=2, default=float))
     print(card_tables(report))
     return 0 if all(checks.values()) else 1

@@ -12,6 +12,7 @@ from crobim.config import CroBIMConfig, get_preset, list_presets
 if TYPE_CHECKING:
     from crobim.modeling.build import build_model
     from crobim.modeling.model import CroBIM, CroBIMOutput, ImageFeatures, TextFeatures
+    from crobim.weights import load_model, save_model
 
 __version__ = "0.1.0"
 
@@ -25,6 +26,8 @@ __all__ = [
     "build_model",
     "get_preset",
     "list_presets",
+    "load_model",
+    "save_model",
 ]
 
 _LAZY = {
@@ -33,6 +36,8 @@ _LAZY = {
     "CroBIMOutput": "crobim.modeling.model",
     "ImageFeatures": "crobim.modeling.model",
     "TextFeatures": "crobim.modeling.model",
+    "load_model": "crobim.weights",
+    "save_model": "crobim.weights",
 }
 
 

@@ -1,10 +1,10 @@
 """The literature's evaluation protocol (DATA_AND_EVAL.md §7-8) as a library function, plus its reports.
 
 Per sample, batch 1, every sentence: the image goes through ``model.preprocess`` (bilinear to the model's
-input size, normalised), the text through ``model.tokenize``; logits are upsampled bilinearly
-(``align_corners=True``) to the input size if the head returns another size; the binary mask follows
-:func:`crobim.inference.binary_mask` (1 channel: logit > 0; 2 channels: argmax, tie to background; presence
-gating only when asked). The ground truth is resized to the same grid with nearest neighbour
+input size, normalised), the text through ``model.tokenize``; the logits come at the input size (``CroBIM.decode``
+upsamples them bilinearly, ``align_corners=True``); the binary mask follows :func:`crobim.inference.binary_mask`
+(1 channel: logit > 0; 2 channels: argmax, tie to background; presence gating only when asked, through
+:func:`crobim.inference.gate_by_presence`). The loop is :func:`crobim.scoring.score_batches`. The ground truth is resized to the same grid with nearest neighbour
 (:func:`crobim.transforms.resize_mask`); IoU is computed there, never at native size. Published tables use a
 480 x 480 input; results at other sizes are labelled as such in every report.
 """
@@ -16,7 +16,7 @@ import json
 import logging
 import os
 import textwrap
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -28,6 +28,7 @@ from crobim.metrics import PRECISION_THRESHOLDS, ReferringMetrics
 if TYPE_CHECKING:
     from crobim.data.sample import Sample
     from crobim.modeling.model import CroBIM
+    from crobim.scoring import BatchMasks
 
 __all__ = [
     "EXPECTED_TEST_COUNTS",
@@ -94,14 +95,91 @@ class EvaluationResult:
     variants: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
-def _upsample(logits: Any, size: tuple[int, int]) -> Any:  # noqa: ANN401 - torch tensors
-    import torch.nn.functional as F
+class _Examples:
+    """The k best and the k worst samples by score, with their packed predicted masks (two bounded min-heaps)."""
 
-    if tuple(logits.shape[-2:]) == size:
-        return logits
-    return F.interpolate(
-        logits, size=size, mode="bilinear", align_corners=True
-    )  # (B, C, h, w) -> (B, C, S, S)
+    def __init__(self, k: int, size: tuple[int, int]) -> None:
+        self.k, self.size = k, size
+        self.best: list[tuple[float, int, np.ndarray]] = []  # the k best: (score, -index, packed mask)
+        self.worst: list[tuple[float, int, np.ndarray]] = []  # min-heap on -score: the k worst
+
+    def add(self, score: float, index: int, pred: np.ndarray) -> None:
+        """Offer one sample; ties keep the earlier index."""
+        if self.k <= 0:
+            return
+        packed = np.packbits(pred)
+        for heap, item in ((self.best, (score, -index, packed)), (self.worst, (-score, -index, packed))):
+            if len(heap) < self.k:
+                heapq.heappush(heap, item)
+            elif item[:2] > heap[0][:2]:
+                heapq.heapreplace(heap, item)
+
+    def unpack(
+        self, heap: list[tuple[float, int, np.ndarray]], by_index: dict[int, SampleResult]
+    ) -> list[tuple[SampleResult, np.ndarray]]:
+        """A heap's samples, best first, with their masks on the evaluation grid."""
+        items = sorted(heap, key=lambda t: t[:2], reverse=True)
+        count = self.size[0] * self.size[1]
+        return [
+            (by_index[-idx], np.unpackbits(m, count=count).reshape(self.size).astype(bool))
+            for _, idx, m in items
+        ]
+
+
+class _Scorer:
+    """Per-sample bookkeeping of :func:`evaluate`: both gating modes' metrics, the results and the examples."""
+
+    def __init__(
+        self, gate_presence: bool, presence_on: bool, empty_area: int, size: tuple[int, int], k: int
+    ) -> None:
+        self.gate_presence, self.empty_area, self.size = gate_presence, empty_area, size
+        self.metrics = ReferringMetrics(empty_area=empty_area)
+        # The other gating mode, scored from the same forward passes (DATA_AND_EVAL.md §8: report both).
+        self.other = ReferringMetrics(empty_area=empty_area) if presence_on else None
+        self.results: list[SampleResult] = []
+        self.examples = _Examples(k, size)
+
+    def consume(self, batch: dict[str, Any], masks: BatchMasks) -> None:
+        """Score one batch-1 sample (``batch["sample"]`` at position ``batch["index"]``)."""
+        from crobim.transforms import resize_mask
+
+        i, sample = batch["index"], batch["sample"]
+        pred = masks.pick(self.gate_presence)[0].numpy()
+        gt = resize_mask(sample.mask, self.size)
+        no_target = bool(sample.meta.get("no_target", False))
+        category = sample.meta.get("category")
+        iou = float(self.metrics.update(pred, gt, no_target=no_target, category=category))  # type: ignore[arg-type]
+        if self.other is not None:
+            alt = masks.pick(not self.gate_presence)[0].numpy()
+            self.other.update(alt, gt, no_target=no_target, category=category)  # type: ignore[arg-type]
+        pred_area = int(pred.sum())
+        score = (1.0 if pred_area <= self.empty_area else 0.0) if no_target else iou
+        p = float(masks.presence[0]) if masks.presence is not None else None
+        self.results.append(SampleResult(i, str(sample.meta.get("sample_id", i)), sample.text, iou, score, no_target,
+                                         pred_area, int(gt.sum()), category, p))  # fmt: skip
+        self.examples.add(score, i, pred)
+
+    def result(self, protocol: dict[str, Any]) -> EvaluationResult:
+        """The metrics of the asked gating mode, both variants (with the presence head) and the examples."""
+        primary = self.metrics.compute()
+        variants: dict[str, dict[str, Any]] = {}
+        if self.other is not None:
+            asked, alternative = ("gated", "ungated") if self.gate_presence else ("ungated", "gated")
+            variants = {asked: primary, alternative: self.other.compute()}
+        by_index = {r.index: r for r in self.results}
+        best = self.examples.unpack(self.examples.best, by_index)
+        worst = self.examples.unpack(self.examples.worst, by_index)
+        return EvaluationResult(primary, protocol, self.results, best, worst, variants)
+
+
+def _check_request(n_total: int, expected_count: int | None, limit: int | None) -> None:
+    if expected_count is not None and n_total != expected_count:
+        raise ValueError(
+            f"the split has {n_total} samples but the benchmark protocol expects {expected_count}; the dataset "
+            "is incomplete or a different version (check the download), or pass --limit for a smoke test"
+        )
+    if limit is not None and limit <= 0:
+        raise ValueError(f"limit={limit} must be a positive number of samples")
 
 
 def evaluate(
@@ -119,7 +197,8 @@ def evaluate(
     """Run the benchmark protocol over ``dataset`` with batch 1 and every sentence.
 
     Args:
-        model: A CroBIM model; it is put in eval mode and run under ``torch.inference_mode``.
+        model: A CroBIM model; it is put in eval mode and run under ``torch.inference_mode``
+            (:func:`crobim.scoring.score_batches`).
         dataset: Indexable samples (any reader of :mod:`crobim.data`).
         gate_presence: Empty the mask where sigmoid(presence) < ``presence.threshold`` (needs the head). Off for
             benchmark tables.
@@ -137,76 +216,29 @@ def evaluate(
         ValueError: If the sample count differs from ``expected_count``, ``limit`` is not positive, or gating
             is asked of a model without a presence head.
     """
-    import torch
     from tqdm import tqdm
 
-    from crobim.inference import binary_mask, presence_probability
-    from crobim.transforms import resize_mask
+    from crobim.scoring import score_batches
 
     n_total = len(dataset)
-    if expected_count is not None and n_total != expected_count:
-        raise ValueError(
-            f"the split has {n_total} samples but the benchmark protocol expects {expected_count}; the dataset "
-            "is incomplete or a different version (check the download), or pass --limit for a smoke test"
-        )
-    if limit is not None and limit <= 0:
-        raise ValueError(f"limit={limit} must be a positive number of samples")
+    _check_request(n_total, expected_count, limit)
     presence_on = bool(model.config.presence.enabled)
     if gate_presence and not presence_on:
         raise ValueError("gate_presence=True needs a model built with presence.enabled = true")
     threshold = float(model.config.presence.threshold)
     size = (int(model.config.input.size[0]), int(model.config.input.size[1]))
     n = n_total if limit is None else min(limit, n_total)
-    metrics = ReferringMetrics(empty_area=empty_area)
-    # The other gating mode, scored from the same forward passes (DATA_AND_EVAL.md §8: report both).
-    other = ReferringMetrics(empty_area=empty_area) if presence_on else None
-    results: list[SampleResult] = []
-    best: list[tuple[float, int, np.ndarray]] = []  # min-heap of the k best (score, -index, packed mask)
-    worst: list[tuple[float, int, np.ndarray]] = []  # min-heap on -score: the k worst
-    model.eval()
-    with torch.inference_mode():
+    scorer = _Scorer(gate_presence, presence_on, empty_area, size, num_examples)
+
+    def batches() -> Iterator[dict[str, Any]]:
         for i in tqdm(range(n), desc=description, unit="sample", disable=not progress):
             sample = dataset[i]
             images = model.preprocess(sample.image)  # (1, 3, S, S)
             tokens = model.tokenize([sample.text])  # (1, L)
-            output = model(images, tokens["input_ids"], tokens["attention_mask"])
-            output.logits = _upsample(output.logits, size)
-            pred = binary_mask(output, gate_presence=gate_presence, threshold=threshold)[0].cpu().numpy()
-            gt = resize_mask(sample.mask, size)
-            no_target = bool(sample.meta.get("no_target", False))
-            category = sample.meta.get("category")
-            iou = float(metrics.update(pred, gt, no_target=no_target, category=category))  # type: ignore[arg-type]
-            if other is not None:
-                alt = (
-                    binary_mask(output, gate_presence=not gate_presence, threshold=threshold)[0].cpu().numpy()
-                )
-                other.update(alt, gt, no_target=no_target, category=category)  # type: ignore[arg-type]
-            pred_area = int(pred.sum())
-            score = (1.0 if pred_area <= empty_area else 0.0) if no_target else iou
-            p = float(presence_probability(output)[0]) if presence_on else None
-            res = SampleResult(i, str(sample.meta.get("sample_id", i)), sample.text, iou, score, no_target,
-                               pred_area, int(gt.sum()), category, p)  # fmt: skip
-            results.append(res)
-            packed = np.packbits(pred)
-            if num_examples > 0:
-                item_best = (score, -i, packed)
-                item_worst = (-score, -i, packed)
-                for heap, item in ((best, item_best), (worst, item_worst)):
-                    if len(heap) < num_examples:
-                        heapq.heappush(heap, item)
-                    elif item[:2] > heap[0][:2]:
-                        heapq.heapreplace(heap, item)
-    by_index = {r.index: r for r in results}
+            yield {"image": images, **tokens, "index": i, "sample": sample}
 
-    def unpack(
-        heap: list[tuple[float, int, np.ndarray]], reverse: bool
-    ) -> list[tuple[SampleResult, np.ndarray]]:
-        items = sorted(heap, key=lambda t: t[:2], reverse=reverse)
-        return [
-            (by_index[-idx], np.unpackbits(m, count=size[0] * size[1]).reshape(size).astype(bool))
-            for _, idx, m in items
-        ]
-
+    model.eval()
+    score_batches(model, batches(), scorer.consume)
     protocol = {
         "input_size": list(size),
         "literature_input_size": size == LITERATURE_INPUT_SIZE,
@@ -222,16 +254,7 @@ def evaluate(
         "limited": n < n_total,
         "model": model.config.name if hasattr(model.config, "name") else None,
     }
-    primary = metrics.compute()
-    variants: dict[str, dict[str, Any]] = {}
-    if other is not None:
-        alt_metrics = other.compute()
-        variants = (
-            {"gated": primary, "ungated": alt_metrics}
-            if gate_presence
-            else {"ungated": primary, "gated": alt_metrics}
-        )
-    return EvaluationResult(primary, protocol, results, unpack(best, True), unpack(worst, True), variants)
+    return scorer.result(protocol)
 
 
 def _pct(value: float | None) -> str:

@@ -10,7 +10,13 @@ from torch import Tensor
 if TYPE_CHECKING:
     from crobim.modeling.model import CroBIMOutput
 
-__all__ = ["binary_mask", "foreground_probability", "presence_probability"]
+__all__ = ["binary_mask", "foreground_probability", "gate_by_presence", "presence_probability"]
+
+
+def _presence_logit(output: CroBIMOutput) -> Tensor:
+    if output.presence_logit is None:
+        raise ValueError("this output has no presence logit; build the model with presence.enabled = true")
+    return output.presence_logit
 
 
 def foreground_probability(logits: Tensor) -> Tensor:
@@ -28,9 +34,29 @@ def foreground_probability(logits: Tensor) -> Tensor:
 
 def presence_probability(output: CroBIMOutput) -> Tensor:
     """sigmoid(presence_logit), shape of the leading axes; raises if the presence head is off."""
-    if output.presence_logit is None:
-        raise ValueError("this output has no presence logit; build the model with presence.enabled = true")
-    return torch.sigmoid(output.presence_logit)
+    return torch.sigmoid(_presence_logit(output))
+
+
+def gate_by_presence(values: Tensor, presence_logit: Tensor, threshold: float = 0.5) -> Tensor:
+    """Empty the masks or probabilities whose presence probability is below ``threshold``.
+
+    The one presence gate: ``binary_mask(..., gate_presence=True)``, the training validation, the evaluation and
+    the region predictor all go through it. The decision ``sigmoid(presence_logit) >= threshold`` is taken in
+    float32, whatever dtype the logits have under autocast.
+
+    Args:
+        values: Masks (bool) or probabilities (float) shaped ``(..., H, W)``.
+        presence_logit: Presence logits shaped ``(...)``, the leading axes of ``values`` (``(B,)`` for a paired
+            forward, ``(B, Q)`` for ``CroBIM.decode`` without ``pair_index``).
+        threshold: Presence probability threshold (``presence.threshold``).
+
+    Returns:
+        ``values`` where the referent is present; False (bool) or 0 (float) elsewhere. Same shape and dtype.
+    """
+    present = torch.sigmoid(presence_logit.float()) >= threshold  # (...)
+    if values.dtype == torch.bool:
+        return values & present[..., None, None]  # (..., 1, 1) broadcast over (H, W)
+    return values * present[..., None, None]
 
 
 def binary_mask(output: CroBIMOutput | Tensor, gate_presence: bool = False, threshold: float = 0.5) -> Tensor:
@@ -57,6 +83,5 @@ def binary_mask(output: CroBIMOutput | Tensor, gate_presence: bool = False, thre
             raise ValueError(
                 "gate_presence=True needs the CroBIMOutput (with presence_logit), not bare logits"
             )
-        present = presence_probability(output) >= threshold
-        mask = mask & present[..., None, None]
+        mask = gate_by_presence(mask, _presence_logit(output), threshold)
     return mask

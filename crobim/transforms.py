@@ -1,18 +1,19 @@
-"""The one place that resizes and normalises images and resizes masks (MODEL.md §3.2; keys `input.size`,
-`input.mean`, `input.std`, `input.interpolation`). Callers go through ``CroBIM.preprocess`` and ``resize_mask``.
+"""The one place that resizes and normalises images, resizes masks and tokenises expressions (MODEL.md §3.2;
+keys `input.size`, `input.mean`, `input.std`, `input.interpolation`, `text.max_len`). Callers go through
+``CroBIM.preprocess`` / ``CroBIM.tokenize``, ``resize_mask`` and (for numpy batches) ``tokenize``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["preprocess_images", "resize_mask", "to_size"]
+__all__ = ["preprocess_images", "resize_mask", "to_size", "tokenize"]
 
 
 def to_size(size: int | Sequence[int]) -> tuple[int, int]:
@@ -79,6 +80,37 @@ def preprocess_images(
     mean_t = torch.tensor(mean, dtype=batch.dtype).view(1, 3, 1, 1)
     std_t = torch.tensor(std, dtype=batch.dtype).view(1, 3, 1, 1)
     return (batch - mean_t) / std_t
+
+
+def tokenize(
+    tokenizer: Any,
+    texts: Sequence[str] | str,
+    *,
+    max_len: int,
+    return_tensors: Literal["pt", "np"] = "pt",
+) -> dict[str, Any]:
+    """Expressions -> token ids, padded and truncated to ``max_len`` (``text.max_len``) the one way the model expects.
+
+    Args:
+        tokenizer: the model's transformers tokenizer (``CroBIM.tokenizer``).
+        texts: one expression or a list of them (Q).
+        max_len: the token length L.
+        return_tensors: ``"pt"`` for torch tensors, ``"np"`` for numpy arrays (data loading).
+
+    Returns:
+        ``input_ids`` and ``attention_mask``, both (Q, L) int64 (torch ``long`` or numpy ``int64``).
+    """
+    if return_tensors not in ("pt", "np"):
+        raise ValueError(f"return_tensors = {return_tensors!r} is not allowed; expected 'pt' or 'np'")
+    if isinstance(texts, str):
+        texts = [texts]
+    encoded = tokenizer(
+        list(texts), padding="max_length", truncation=True, max_length=max_len, return_tensors=return_tensors
+    )
+    keys = ("input_ids", "attention_mask")
+    if return_tensors == "pt":
+        return {key: encoded[key].long() for key in keys}
+    return {key: encoded[key].astype(np.int64) for key in keys}
 
 
 def resize_mask(mask: Any, size: int | Sequence[int]) -> Any:

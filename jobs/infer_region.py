@@ -20,9 +20,26 @@ from typing import TYPE_CHECKING
 from crobim.cli import add_console_arguments, configure_logging
 
 if TYPE_CHECKING:
-    from pipelines.region import RegionJobConfig, RegionResult
+    from pipelines.demo.setup import DemoSetup
+    from pipelines.region_config import RegionJobConfig
+    from pipelines.run_document import RegionResult
 
-__all__ = ["build_parser", "config_from_args", "main"]
+__all__ = ["build_parser", "config_from_args", "main", "parse_args"]
+
+
+class _AppendReplacingDefault(argparse.Action):
+    """``append`` whose first use replaces the default list (``--demo``'s queries) instead of extending it."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: object,
+        option_string: str | None = None,
+    ) -> None:
+        items = getattr(namespace, self.dest, None)
+        items = [] if items is None or items is self.default else list(items)
+        setattr(namespace, self.dest, [*items, values])
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -48,7 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument("--nodata", type=float, help="override the assets' nodata value")
 
     q = p.add_argument_group("queries and model")
-    q.add_argument("--query", action="append", default=[], help="plain-language query (repeatable)")
+    q.add_argument(
+        "--query", action=_AppendReplacingDefault, default=[], help="plain-language query (repeatable)"
+    )
     q.add_argument("--model", help="CroBIM checkpoint folder (local or s3://) or package.module:factory")
     q.add_argument("--threshold", type=float, default=0.5, help="probability cut for polygons")
     q.add_argument("--min-area", type=float, default=0.0, help="drop polygons below this area (m^2)")
@@ -98,20 +117,16 @@ def config_from_args(args: argparse.Namespace) -> RegionJobConfig:
     Raises:
         ValueError: A required flag is missing or a value is invalid.
     """
-    from pipelines.region import RegionJobConfig
+    from pipelines.region_config import RegionJobConfig
 
     missing = [flag for flag, value in (("--bbox", args.bbox), ("--model", args.model)) if value is None]
     if not args.dry_run and args.out is None:
         missing.append("--out")
     if missing:
         raise ValueError(f"missing {', '.join(missing)}; see --help")
-    if not args.query:
-        raise ValueError('no --query given; add at least one, e.g. --query "buildings"')
-    from pipelines.predict import validate_queries
-
     return RegionJobConfig(
         bbox=tuple(args.bbox),
-        queries=tuple(validate_queries(args.query)),
+        queries=tuple(args.query),
         out=args.out or "",
         model=args.model,
         stac_url=args.stac_url,
@@ -174,6 +189,29 @@ def _print_summary(r: RegionResult) -> None:
         print("  rerun the same command to retry the failed chunks", file=sys.stderr)
 
 
+def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, DemoSetup | None]:
+    """Parse the command line; with ``--demo``, the demo's inputs are the defaults and the user's flags win."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.demo:
+        return args, None
+    from pipelines.demo.setup import DEMO_OUT, DEMO_QUERIES, demo_model_path, demo_torch_threads, prepare_demo
+
+    setup = prepare_demo()
+    defaults = {
+        "bbox": list(setup.bbox),
+        "model": str(demo_model_path()),
+        "query": list(DEMO_QUERIES),
+        "out": DEMO_OUT,
+        "torch_threads": demo_torch_threads(),
+        "html": True,
+    }
+    if args.stac_url is None:
+        defaults["catalog"] = str(setup.catalog)
+    parser.set_defaults(**defaults)
+    return parser.parse_args(argv), setup
+
+
 def main(argv: list[str] | None = None) -> int:
     """Parse, plan or run, print the summary; returns the exit code."""
     args = build_parser().parse_args(argv)
@@ -181,15 +219,11 @@ def main(argv: list[str] | None = None) -> int:
     from pipelines.errors import PipelineError
     from pipelines.provenance import FingerprintMismatchError
 
-    demo = None
     try:
-        if args.demo:
-            from pipelines.demo import apply_demo
-
-            demo = apply_demo(args)
+        args, demo = parse_args(argv)
         config = config_from_args(args)
         if args.dry_run:
-            from pipelines.region import plan_region
+            from pipelines.plan import plan_region
 
             print(json.dumps(plan_region(config).to_json(), indent=2))
             return 0
@@ -202,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     _print_summary(result)
     if demo is not None:
-        from pipelines.demo import format_demo_report, write_demo_report
+        from pipelines.demo.report import format_demo_report, write_demo_report
 
         print(format_demo_report(write_demo_report(config.out, demo, list(config.queries), config.bbox)))
     return 0 if result.ok else 1

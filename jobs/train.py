@@ -83,8 +83,6 @@ def main(argv: list[str] | None = None) -> int:
     """Parse flags, connect to Ray, train (or resume), export the best checkpoint, print a summary."""
     args = build_parser().parse_args(argv)
     configure_logging(args.log_level)
-    # Train V2 semantics (resume by storage path + name); default since Ray 2.51, pinned here.
-    os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
 
     import ray
 

@@ -55,6 +55,19 @@ class TileLattice:
                 "(e.g. S=480, V=128, m=16)"
             )
 
+    @classmethod
+    def for_tile_size(
+        cls, tile_size_px: int, overlap_px: int | None = None, margin_px: int | None = None
+    ) -> TileLattice:
+        """The lattice for tiles of side S; overlap and margin default to 128 and 16 at S = 480, scaled with S."""
+        default_margin = max(0, round(tile_size_px / 30))
+        default_overlap = max(2 * default_margin + 2, 2 * round(tile_size_px * 4 / 15 / 2))
+        return cls(
+            tile_size_px=tile_size_px,
+            overlap_px=default_overlap if overlap_px is None else overlap_px,
+            margin_px=default_margin if margin_px is None else margin_px,
+        )
+
     @property
     def stride_px(self) -> int:
         """S - V."""

@@ -68,6 +68,15 @@ class OutputGrid:
         """Transform of a window whose top-left pixel is ``(row_off, col_off)`` (may be negative)."""
         return self.affine @ Affine.translation(col_off, row_off)
 
+    def pixel_area_m2(self, latitude: float = 0.0) -> float:
+        """Area of one pixel in m^2: exact in a projected CRS; at ``latitude`` (degrees) in a geographic one."""
+        rx, ry = self.resolution
+        crs = ProjCRS.from_wkt(self.crs_wkt)
+        if crs.is_geographic:
+            return rx * ry * 111_320.0**2 * math.cos(math.radians(latitude))
+        factor = crs.axis_info[0].unit_conversion_factor if crs.axis_info else 1.0
+        return rx * ry * factor**2
+
     def epsg(self) -> int | None:
         """EPSG code of the CRS when it has one."""
         return ProjCRS.from_wkt(self.crs_wkt).to_epsg()

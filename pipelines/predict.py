@@ -4,7 +4,7 @@ Any object with a ``tile_size`` and a ``predict`` method can answer a region job
 
     predict(tiles uint8 (B, S, S, 3), queries list[str]) -> float32 (B, Q, S, S) in [0, 1]
 
-``--model`` names either a CroBIM checkpoint folder (``save_pretrained`` layout, local or object storage) or
+``--model`` names either a CroBIM checkpoint folder (``crobim.save_model`` layout, local or object storage) or
 ``package.module:factory``, a zero-argument callable returning such an object. :class:`CroBIMPredictor` encodes each
 query once (cached per predictor, i.e. once per Ray actor), encodes each tile image once per micro-batch, then
 decodes every (tile, query) pair on the cached features: one pass over the imagery serves all queries. Models whose
@@ -25,20 +25,18 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 __all__ = [
-    "MAX_QUERY_CHARS",
     "CroBIMPredictor",
     "ModelSpec",
     "RegionPredictor",
+    "ResolvedModel",
+    "check_predictor",
+    "import_factory",
     "load_predictor",
     "parse_model_spec",
-    "validate_queries",
+    "resolve_model",
 ]
 
 logger = logging.getLogger(__name__)
-
-#: Longest accepted query (characters); CroBIM truncates to ``text.max_len`` tokens anyway, so a longer text
-#: is almost surely a mistake (a pasted paragraph).
-MAX_QUERY_CHARS = 500
 
 _FACTORY_RE = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*:[A-Za-z_][\w]*$")
 
@@ -66,49 +64,12 @@ class RegionPredictor(Protocol):
         ...
 
 
-def validate_queries(queries: list[str], max_chars: int = MAX_QUERY_CHARS) -> list[str]:
-    """Check the job's queries: at least one, none empty, none too long, no duplicates.
-
-    Args:
-        queries: The texts given with ``--query``.
-        max_chars: Longest accepted query.
-
-    Returns:
-        The queries with surrounding whitespace removed.
-
-    Raises:
-        ValueError: Naming the offending query and the fix.
-    """
-    if not queries:
-        raise ValueError('no query given; pass at least one --query "..." (e.g. --query "buildings")')
-    out: list[str] = []
-    for i, q in enumerate(queries):
-        text = " ".join(str(q).split())
-        if not text:
-            raise ValueError(
-                f"query {i} is empty; give a plain-language description such as 'ponds near roads'"
-            )
-        if len(text) > max_chars:
-            raise ValueError(
-                f"query {i} has {len(text)} characters, more than the limit of {max_chars}; "
-                "shorten it to the object you are looking for"
-            )
-        if text in out:
-            raise ValueError(f"query {text!r} is given twice; each --query must be different")
-        out.append(text)
-    return out
-
-
 @dataclass(frozen=True)
 class ModelSpec:
     """A parsed ``--model`` value: a checkpoint folder or a ``module:factory`` reference."""
 
     kind: str  # "checkpoint" or "factory"
     value: str
-
-    def to_dict(self) -> dict[str, str]:
-        """JSON-ready form."""
-        return {"kind": self.kind, "value": self.value}
 
 
 def parse_model_spec(value: str) -> ModelSpec:
@@ -128,11 +89,16 @@ def parse_model_spec(value: str) -> ModelSpec:
         return ModelSpec("factory", text)
     raise ValueError(
         f"--model {text!r} is neither an existing checkpoint folder nor package.module:factory; "
-        "give the folder written by save_pretrained (local or s3://...) or e.g. mypkg.models:build"
+        "give the folder written by crobim.save_model (local or s3://...) or e.g. mypkg.models:build"
     )
 
 
-def _import_factory(reference: str) -> Any:
+def import_factory(reference: str) -> Any:  # noqa: ANN401
+    """The callable that ``package.module:factory`` names.
+
+    Raises:
+        ValueError: The module cannot be imported or has no such callable.
+    """
     module_name, _, attr = reference.partition(":")
     try:
         module = importlib.import_module(module_name)
@@ -147,7 +113,12 @@ def _import_factory(reference: str) -> Any:
     return factory
 
 
-def _check_predictor(obj: Any, origin: str) -> RegionPredictor:
+def check_predictor(obj: Any, origin: str) -> RegionPredictor:  # noqa: ANN401
+    """``obj`` if it follows :class:`RegionPredictor`.
+
+    Raises:
+        TypeError: Naming ``origin`` and what the protocol needs.
+    """
     size = getattr(obj, "tile_size", None)
     if not isinstance(obj, RegionPredictor) or not isinstance(size, int) or size <= 0:
         raise TypeError(
@@ -155,6 +126,68 @@ def _check_predictor(obj: Any, origin: str) -> RegionPredictor:
             "attribute tile_size > 0 and predict(tiles uint8 (B, S, S, 3), queries) -> float32 (B, Q, S, S)"
         )
     return obj
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    """A ``--model`` identified without loading weights.
+
+    Attributes:
+        info: Provenance record (``run.json`` "model", hashed into the fingerprint): kind, path or reference,
+            folder SHA-256, and for checkpoints the name and the whole config.
+        tile_size_px: Tile side S the job cuts (``--tile-size``, else the model's own).
+    """
+
+    info: dict[str, Any]
+    tile_size_px: int
+
+    @property
+    def sha256(self) -> str | None:
+        """Checkpoint folder hash that every actor's copy must match (None for factories)."""
+        return self.info.get("sha256")
+
+
+def resolve_model(model: str, tile_size_px: int | None = None) -> ResolvedModel:
+    """Identify ``--model`` for provenance and find its tile size, without loading weights.
+
+    Args:
+        model: Checkpoint folder (local or object storage) or ``package.module:factory``.
+        tile_size_px: ``--tile-size``; None takes the model's (a factory is then called once to ask it).
+
+    Raises:
+        FileNotFoundError: The checkpoint folder has no ``config.json``.
+        ValueError: A bad spec or a config that is not a CroBIM config.
+        TypeError: A factory that does not return a :class:`RegionPredictor`.
+    """
+    from common import storage
+    from crobim.config import CroBIMConfig
+    from pipelines.provenance import folder_sha256
+
+    spec = parse_model_spec(model)
+    if spec.kind == "factory":
+        info: dict[str, Any] = {"kind": "factory", "reference": spec.value, "sha256": None}
+        if tile_size_px is None:
+            origin = f"factory {spec.value}"
+            tile_size_px = int(check_predictor(import_factory(spec.value)(), origin).tile_size)
+        return ResolvedModel(info, tile_size_px)
+    config_uri = storage.join(spec.value, "config.json")
+    if not storage.exists(config_uri):
+        raise FileNotFoundError(
+            f"--model {spec.value} has no config.json; give a folder written by crobim.save_model"
+        )
+    model_config = storage.read_json(config_uri)
+    try:
+        size = CroBIMConfig.from_dict(model_config).input.size
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"--model {spec.value}: config.json is not a CroBIM config ({exc})") from exc
+    info = {
+        "kind": "checkpoint",
+        "path": spec.value,
+        "sha256": folder_sha256(spec.value),
+        "name": model_config.get("name"),
+        "config": model_config,
+    }
+    return ResolvedModel(info, int(tile_size_px or size[0]))
 
 
 class CroBIMPredictor:
@@ -219,35 +252,33 @@ class CroBIMPredictor:
     def predict(self, tiles: np.ndarray, queries: list[str]) -> np.ndarray:
         """Foreground probability (B, Q, S, S) of every query on every tile (see :class:`RegionPredictor`)."""
         import torch
-        import torch.nn.functional as F
 
-        from crobim.inference import foreground_probability
+        from crobim.inference import foreground_probability, gate_by_presence
+        from crobim.precision import autocast
 
         if tiles.ndim != 4 or tiles.shape[-1] != 3 or tiles.dtype != np.uint8:
             raise ValueError(f"tiles must be uint8 (B, S, S, 3); got {tiles.dtype} {tiles.shape}")
         txt = self._text_features(queries)
         b, s = tiles.shape[0], tiles.shape[1]
-        autocast = self.device.type == "cuda"
-        with torch.inference_mode(), torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=autocast):
-            pixels = self.model.preprocess(tiles).to(self.device)  # (B, H, W, 3) uint8 -> (B, 3, S, S) float
-            logits, presence = self._logits(pixels, txt)  # (B, Q, C, H, W), (B, Q) or None
-            prob = foreground_probability(logits.float())  # (B, Q, C, h, w) -> (B, Q, h, w)
-            if prob.shape[-2:] != (s, s):
-                prob = F.interpolate(prob, size=(s, s), mode="bilinear", align_corners=False)
+        with torch.inference_mode(), autocast(self.device):
+            pixels = self.model.preprocess(tiles).to(self.device)  # (B, S, S, 3) uint8 -> (B, 3, H, W) float
+            logits, presence = self._logits(pixels, txt, (s, s))  # (B, Q, C, S, S), (B, Q) or None
+            prob = foreground_probability(logits.float())  # (B, Q, C, S, S) -> (B, Q, S, S)
             if self.gate_presence and presence is not None:
-                present = torch.sigmoid(presence.float()) >= self.presence_threshold  # (B, Q)
-                prob = prob * present[:, :, None, None]
+                prob = gate_by_presence(prob, presence, self.presence_threshold)
             prob = prob.clamp(0.0, 1.0).cpu()
         self.counts["image_encodes"] += b if self.cache_image_features else b * len(queries)
         self.counts["decodes"] += b * len(queries)
         return prob.numpy().astype(np.float32, copy=False)
 
-    def _logits(self, pixels: Any, txt: Any) -> tuple[Any, Any]:
-        """Mask logits (B, Q, C, H, W) and presence logits (B, Q) or None for B tiles and the cached queries."""
+    def _logits(self, pixels: Any, txt: Any, size: tuple[int, int]) -> tuple[Any, Any]:
+        """Mask logits (B, Q, C, S, S) at the tiles' ``size`` and presence logits (B, Q) or None."""
         import torch
 
         if self.cache_image_features:
-            out = self.model.decode(self.model.encode_image(pixels), txt, pairs_per_pass=self.pairs_per_pass)
+            out = self.model.decode(
+                self.model.encode_image(pixels), txt, pairs_per_pass=self.pairs_per_pass, output_size=size
+            )
             return out.logits, out.presence_logit
         # Plain paired forwards over copies of each tile, at most pairs_per_pass pairs at a time: each (tile, query)
         # pair encodes the image itself.
@@ -259,7 +290,10 @@ class CroBIMPredictor:
                 rows = slice(start, start + step)
                 ids = txt.input_ids[rows]
                 out = self.model(
-                    pixels[i : i + 1].expand(len(ids), -1, -1, -1), ids, txt.attention_mask[rows]
+                    pixels[i : i + 1].expand(len(ids), -1, -1, -1),
+                    ids,
+                    txt.attention_mask[rows],
+                    output_size=size,
                 )
                 logits.append(out.logits)  # (q, C, H, W)
                 presence.append(out.presence_logit)  # (q,) or None
@@ -272,17 +306,17 @@ class CroBIMPredictor:
 
 def _local_checkpoint(uri: str) -> Path:
     """A local folder holding the checkpoint: the path itself, or a node-local copy of an object-store URI."""
-    from pipelines import storage
+    from common import storage, storage_adapters
 
     if not storage.is_remote(uri):
         path = Path(uri).expanduser()
         if not path.is_dir():
             raise FileNotFoundError(
-                f"checkpoint folder {uri} does not exist; give the folder save_pretrained wrote"
+                f"checkpoint folder {uri} does not exist; give the folder crobim.save_model wrote"
             )
         return path
     local = Path(tempfile.mkdtemp(prefix="crobim-ckpt-"))
-    storage.download_dir(uri, local)
+    storage_adapters.download_dir(uri, local)
     return local
 
 
@@ -311,10 +345,10 @@ def load_predictor(
     """
     spec = parse_model_spec(model)
     if spec.kind == "factory":
-        return _check_predictor(_import_factory(spec.value)(), f"factory {spec.value}")
+        return check_predictor(import_factory(spec.value)(), f"factory {spec.value}")
     import torch
 
-    from crobim.modeling.model import CroBIM
+    from crobim.weights import load_model
     from pipelines.provenance import folder_sha256
 
     folder = _local_checkpoint(spec.value)
@@ -326,5 +360,5 @@ def load_predictor(
                 "job started; restore it or start a new output folder"
             )
     dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    net = CroBIM.from_pretrained(str(folder), map_location=dev)
+    net = load_model(str(folder), map_location=dev)
     return CroBIMPredictor(net, device=dev, gate_presence=gate_presence)

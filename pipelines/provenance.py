@@ -1,7 +1,7 @@
 """Provenance and resume state (PIPELINE.md §4 run.json, §5): fingerprint, done/failed manifest, hashes, versions.
 
 Output layout owned here: ``run.json``, ``_state/fingerprint.json``, ``_state/done/<chunk_id>.json`` and
-``_state/failed/<chunk_id>.json``. Every path may be local or an object-store URI (``pipelines.storage``).
+``_state/failed/<chunk_id>.json``. Every path may be local or an object-store URI (``common.storage``).
 """
 
 from __future__ import annotations
@@ -11,10 +11,14 @@ import importlib.metadata
 import json
 import logging
 import platform
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from pipelines import storage
+from common import storage
+
+if TYPE_CHECKING:
+    import pystac
 
 __all__ = [
     "FingerprintMismatchError",
@@ -24,6 +28,7 @@ __all__ = [
     "file_sha256",
     "fingerprint",
     "folder_sha256",
+    "items_sha256",
     "check_resume",
     "claim_output",
     "package_versions",
@@ -76,6 +81,11 @@ def fingerprint(settings: dict[str, Any]) -> str:
     return hashlib.sha256(canonical_json(settings)).hexdigest()
 
 
+def items_sha256(items: Sequence[pystac.Item]) -> str:
+    """SHA-256 (hex) of the items' canonical JSON (hrefs as stored): identifies a frozen selection."""
+    return hashlib.sha256(canonical_json([it.to_dict(transform_hrefs=False) for it in items])).hexdigest()
+
+
 def _stream_sha256(fh: Any) -> str:
     digest = hashlib.sha256()
     while block := fh.read(1 << 20):
@@ -100,7 +110,7 @@ def folder_sha256(uri: str) -> str:
     files = sorted(str(p) for p in fs.find(base))
     if not files:
         raise FileNotFoundError(
-            f"folder {uri} holds no file; expected a checkpoint written by save_pretrained"
+            f"folder {uri} holds no file; expected a checkpoint written by crobim.save_model"
         )
     lines = []
     for path in files:

@@ -22,7 +22,7 @@ import numpy as np
 from ray.data.block import BlockAccessor
 from ray.data.datasource import Datasink
 
-from pipelines import storage
+from common import storage
 
 __all__ = ["PredictorActor", "RegionDatasink", "read_stage"]
 
@@ -34,16 +34,17 @@ _ITEMS_CACHE: dict[str, dict[str, Any]] = {}
 
 def _frozen_items(uri: str) -> dict[str, Any]:
     if uri not in _ITEMS_CACHE:
-        from pipelines.stac import load_items
+        from pipelines.stac_files import load_items
 
         _ITEMS_CACHE.clear()
         _ITEMS_CACHE[uri] = {it.id: it for it in load_items(uri)}
     return _ITEMS_CACHE[uri]
 
 
-def _failed_row(chunk_json: str, stage: str, reason: str, n_queries: int = 0) -> dict[str, np.ndarray]:
+def _failed_row(batch: dict[str, np.ndarray], stage: str, reason: str) -> dict[str, np.ndarray]:
     return {
-        "chunk": np.array([chunk_json], dtype=object),
+        "chunk": batch["chunk"],
+        "windows": batch["windows"],
         "status": np.array(["failed"], dtype=object),
         "stage": np.array([stage], dtype=object),
         "reason": np.array([reason], dtype=object),
@@ -66,7 +67,7 @@ def read_stage(
     """Read one chunk (a batch of one row): imagery over core + halo, or a failed row with the reason.
 
     Args:
-        batch: ``{"chunk": [chunk spec JSON]}``.
+        batch: ``{"chunk": [chunk spec JSON], "windows": [its tile windows, JSON]}``.
         grid: ``OutputGrid.to_dict()``.
         items_uri: The frozen selection (``out/inputs/items.parquet``).
         radiometry: ``RadiometryConfig`` fields.
@@ -74,7 +75,7 @@ def read_stage(
         backoff_s: First retry delay in seconds.
 
     Returns:
-        One row: ``chunk``, ``status`` (``ok``/``failed``), ``stage``, ``reason``, ``item_ids`` (JSON),
+        One row: ``chunk``, ``windows``, ``status`` (``ok``/``failed``), ``stage``, ``reason``, ``item_ids`` (JSON),
         ``rgb`` uint8 (H, W, 3), ``valid`` and ``rank`` uint8 (H, W), ``read_s``.
     """
     from pipelines.grid import ChunkSpec, OutputGrid
@@ -96,9 +97,10 @@ def read_stage(
     except Exception as exc:  # any read failure becomes a failed row: the other chunks go on
         reason = f"{type(exc).__name__}: {exc}"
         logger.warning("chunk %s: read failed: %s", chunk.chunk_id, reason)
-        return _failed_row(chunk_json, "read", reason)
+        return _failed_row(batch, "read", reason)
     return {
-        "chunk": np.array([chunk_json], dtype=object),
+        "chunk": batch["chunk"],
+        "windows": batch["windows"],
         "status": np.array(["ok"], dtype=object),
         "stage": np.array(["read"], dtype=object),
         "reason": np.array([""], dtype=object),
@@ -158,14 +160,16 @@ class PredictorActor:
         self.blend = blend
         self.batch_size = int(batch_size)
         self.thumb_step = int(thumb_step)
-        from pipelines.vector import threshold_value
+        from pipelines.polygonize import threshold_value
 
         self.threshold_u8 = max(threshold_value(threshold), 1)
         logger.info("PredictorActor pid %d loaded %s in %.2f s", os.getpid(), model, self.load_s)
 
-    def _infer(self, chunk: Any, rgb: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, int]:
+    def _infer(
+        self, chunk: Any, windows: list[Any], rgb: np.ndarray, valid: np.ndarray
+    ) -> tuple[np.ndarray, int]:
         """Blended uint8 probabilities (Q, h, w) of the chunk core and the number of tiles run."""
-        from pipelines.blend import Blender, cut_tiles, tile_windows
+        from pipelines.blend import Blender, cut_tiles
 
         core = (chunk.row_off, chunk.col_off, chunk.height, chunk.width)
         origin = (chunk.row_off - chunk.halo_px, chunk.col_off - chunk.halo_px)
@@ -186,7 +190,6 @@ class PredictorActor:
                 blender.add(win, probs[k])
             pending.clear()
 
-        windows = tile_windows(self.lattice, core)
         for win, tile in cut_tiles(rgb, origin, windows, s, valid=valid.astype(bool)):
             pending.append((win, tile))
             n_tiles += 1
@@ -200,12 +203,14 @@ class PredictorActor:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Infer one chunk row from the read stage; failed rows pass through."""
+        from pipelines.blend import TileWindow
         from pipelines.grid import ChunkSpec
         from pipelines.viz import make_thumbnail
 
         (chunk_json,) = batch["chunk"].tolist()
         (status,) = batch["status"].tolist()
         chunk = ChunkSpec.from_dict(json.loads(chunk_json))
+        windows = [TileWindow(**w) for w in json.loads(batch["windows"].tolist()[0])]
         q = len(self.queries)
         row: dict[str, np.ndarray] = {
             "chunk": batch["chunk"],
@@ -226,7 +231,7 @@ class PredictorActor:
         start = time.perf_counter()
         rgb, valid, rank = batch["rgb"][0], batch["valid"][0], batch["rank"][0]
         try:
-            prob, n_tiles = self._infer(chunk, rgb, valid)
+            prob, n_tiles = self._infer(chunk, windows, rgb, valid)
         except (
             Exception
         ) as exc:  # a predictor error fails this chunk only (a process crash restarts the actor)
@@ -265,8 +270,8 @@ def _batch_rows(block: Any) -> list[dict[str, Any]]:
 class RegionDatasink(Datasink[list[dict[str, Any]]]):
     """``Datasink`` for ``write_datasink``: per chunk, Zarr region -> polygon part -> thumbnail -> done marker.
 
-    Constructed on the driver, pickled to the write tasks. ``write`` returns one summary per chunk;
-    :meth:`on_write_complete` keeps them on the driver's instance (``self.summaries``).
+    Constructed on the driver, pickled to the write tasks. Each chunk's summary goes to its done marker
+    (``pipelines.provenance.RunManifest``), which the driver reads back.
 
     Args:
         out: Output folder.
@@ -284,7 +289,6 @@ class RegionDatasink(Datasink[list[dict[str, Any]]]):
         self.queries = list(queries)
         self.threshold = threshold
         self.min_area_px = min_area_px
-        self.summaries: list[dict[str, Any]] = []
 
     def get_name(self) -> str:
         """Name of the write tasks in Ray's UI and progress bars."""
@@ -300,8 +304,8 @@ class RegionDatasink(Datasink[list[dict[str, Any]]]):
 
     def _write_row(self, row: dict[str, Any]) -> dict[str, Any]:
         from pipelines.grid import ChunkSpec, OutputGrid
+        from pipelines.polygonize import vectorize_chunk, write_part
         from pipelines.provenance import RunManifest
-        from pipelines.vector import vectorize_chunk, write_part
         from pipelines.write import write_zarr_chunk
 
         chunk = ChunkSpec.from_dict(json.loads(str(row["chunk"])))
@@ -346,8 +350,3 @@ class RegionDatasink(Datasink[list[dict[str, Any]]]):
         )
         manifest.mark_done(chunk.chunk_id, summary)  # last: a crash before it redoes the chunk
         return summary
-
-    def on_write_complete(self, write_result: Any) -> None:
-        """Keep the per-chunk summaries (driver side)."""
-        for chunk_summaries in write_result.write_returns:
-            self.summaries.extend(chunk_summaries)

@@ -1,38 +1,36 @@
-"""STAC search, item selection and freezing (PIPELINE.md §1.1, §1.2): API or catalog file, same filters either way."""
+"""STAC search (PIPELINE.md §1.1): bbox checks, API or catalog-file search, the selected items in order.
+
+API mode goes through pystac-client; file mode reads a catalog file (``pipelines.stac_files``). Either way the
+candidates pass the same filters, de-duplication and order (``pipelines.stac_selection``).
+"""
 
 from __future__ import annotations
 
-import datetime as dt
-import io
-import json
 import logging
 import math
-import os
-import posixpath
-import re
 import warnings
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 import pystac
-import shapely.geometry
 from pyproj import Geod
 
-from pipelines import storage
 from pipelines.errors import CatalogError, NoItemsError
+from pipelines.stac_files import load_catalog
+from pipelines.stac_selection import (
+    DatetimeRange,
+    deduplicate,
+    filter_items,
+    parse_datetime_range,
+    sort_items,
+)
 
 __all__ = [
     "BBox",
-    "DatetimeRange",
     "bbox_area_km2",
-    "filter_items",
-    "freeze_items",
-    "load_catalog",
-    "load_items",
-    "parse_datetime_range",
+    "check_source",
+    "item_summary",
     "search_items",
-    "sort_items",
     "validate_bbox",
 ]
 
@@ -48,93 +46,7 @@ API_TIMEOUT_S = 30.0
 #: Default cap on the search area (km^2); ``--max-area-km2`` overrides it.
 DEFAULT_MAX_AREA_KM2 = 250_000.0
 
-_QUERY_CONFORMANCE = re.compile(r"/item-search#query$")
-_FILTER_CONFORMANCE = re.compile(r"/item-search#filter$")
 _GEOD = Geod(ellps="WGS84")
-
-
-@dataclass(frozen=True)
-class DatetimeRange:
-    """Closed UTC interval; ``None`` ends are open."""
-
-    start: dt.datetime | None
-    end: dt.datetime | None
-
-    def to_stac(self) -> str:
-        """The STAC API form ``start/end`` with ``..`` for open ends."""
-
-        def fmt(t: dt.datetime | None) -> str:
-            return ".." if t is None else t.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-        return f"{fmt(self.start)}/{fmt(self.end)}"
-
-    def overlaps(self, start: dt.datetime, end: dt.datetime) -> bool:
-        """Whether ``[start, end]`` meets this interval."""
-        return (self.end is None or start <= self.end) and (self.start is None or end >= self.start)
-
-
-def _parse_instant(text: str, upper: bool) -> dt.datetime:
-    """Parse a full or partial ISO 8601 instant; partial dates expand to their first/last instant."""
-    text = text.strip()
-    m = re.fullmatch(r"(\d{4})(?:-(\d{2}))?(?:-(\d{2}))?", text)
-    if m:
-        year, month, day = int(m[1]), int(m[2] or 1), int(m[3] or 1)
-        start = dt.datetime(year, month, day, tzinfo=dt.UTC)
-        if not upper:
-            return start
-        if m[3]:
-            nxt = start + dt.timedelta(days=1)
-        elif m[2]:
-            nxt = dt.datetime(year + (month == 12), month % 12 + 1, 1, tzinfo=dt.UTC)
-        else:
-            nxt = dt.datetime(year + 1, 1, 1, tzinfo=dt.UTC)
-        return nxt - dt.timedelta(microseconds=1)
-    try:
-        value = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError as exc:
-        raise ValueError(
-            f"datetime {text!r} is not ISO 8601; use e.g. 2025-07-01, 2025-07-01T10:00:00Z or 2025-07-01/2025-07-31"
-        ) from exc
-    return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
-
-
-def parse_datetime_range(
-    value: str | dt.datetime | Sequence[Any] | DatetimeRange | None,
-) -> DatetimeRange | None:
-    """Parse ``"a/b"`` (``..`` or empty for open), a single instant or partial date, or a ``(start, end)`` pair.
-
-    Args:
-        value: The datetime filter as given by the user.
-
-    Returns:
-        The closed UTC interval, or ``None`` for no filter.
-
-    Raises:
-        ValueError: If a part is not ISO 8601 or the start is after the end.
-    """
-    if value is None or isinstance(value, DatetimeRange):
-        return value
-    if isinstance(value, dt.datetime):
-        t = value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
-        return DatetimeRange(t, t)
-    if isinstance(value, str):
-        parts = value.split("/") if "/" in value else [value, value]
-    else:
-        parts = list(value)
-    if len(parts) != 2:
-        raise ValueError(f"datetime {value!r} must be one instant or 'start/end'")
-
-    def one(p: Any, upper: bool) -> dt.datetime | None:
-        if p is None or (isinstance(p, str) and p.strip() in ("", "..")):
-            return None
-        if isinstance(p, dt.datetime):
-            return p.replace(tzinfo=dt.UTC) if p.tzinfo is None else p.astimezone(dt.UTC)
-        return _parse_instant(str(p), upper)
-
-    rng = DatetimeRange(one(parts[0], False), one(parts[1], True))
-    if rng.start and rng.end and rng.start > rng.end:
-        raise ValueError(f"datetime range {value!r} starts after it ends; swap the two ends")
-    return rng
 
 
 def bbox_area_km2(bbox: BBox) -> float:
@@ -195,216 +107,18 @@ def validate_bbox(bbox: Sequence[float], max_area_km2: float | None = None) -> B
     return result
 
 
-def _item_interval(item: pystac.Item) -> tuple[dt.datetime, dt.datetime] | None:
-    props = item.properties
-    start = props.get("start_datetime")
-    end = props.get("end_datetime")
-    if start and end:
-        return _parse_instant(start, False), _parse_instant(end, True)
-    if item.datetime is None:
-        return None
-    t = item.datetime if item.datetime.tzinfo else item.datetime.replace(tzinfo=dt.UTC)
-    t = t.astimezone(dt.UTC)
-    return t, t
-
-
-def _cloud(item: pystac.Item) -> float | None:
-    value = item.properties.get("eo:cloud_cover")
-    return None if value is None else float(value)
-
-
-def _processing_rank(item: pystac.Item) -> tuple[str, str]:
-    """Higher is newer: processing baseline/version, then update time."""
-    props = item.properties
-    version = str(props.get("s2:processing_baseline") or props.get("processing:version") or "")
-    updated = str(props.get("updated") or props.get("created") or "")
-    return version, updated
-
-
-def _acquisition_key(item: pystac.Item) -> tuple[str, ...]:
-    """Items sharing this key are reprocessed copies of one acquisition."""
-    props = item.properties
-    tile = props.get("grid:code") or props.get("s2:mgrs_tile")
-    datatake = props.get("s2:datatake_id")
-    if tile and datatake:
-        # Earth Search datatake ids end with the processing baseline; strip it.
-        return (item.collection_id or "", str(tile), str(datatake).rsplit("_N", 1)[0])
-    return (item.collection_id or "", "id", item.id)
-
-
-def deduplicate(items: Iterable[pystac.Item]) -> list[pystac.Item]:
-    """Drop repeated ids and older reprocessed copies of one acquisition (keep the newest processing)."""
-    best: dict[tuple[str, ...], pystac.Item] = {}
-    seen_ids: dict[str, tuple[str, ...]] = {}
-    for item in items:
-        key = _acquisition_key(item)
-        if item.id in seen_ids and seen_ids[item.id] != key:
-            key = seen_ids[item.id]
-        seen_ids[item.id] = key
-        current = best.get(key)
-        if current is None or _processing_rank(item) > _processing_rank(current):
-            best[key] = item
-    return list(best.values())
-
-
-def sort_items(
-    items: Iterable[pystac.Item], prefer: Literal["cloud", "recent"] = "cloud"
-) -> list[pystac.Item]:
-    """Total order: least cloudy, then most recent, then id (``prefer="recent"`` swaps the first two)."""
-
-    def key(item: pystac.Item) -> tuple[float, float, str]:
-        cloud = _cloud(item)
-        interval = _item_interval(item)
-        ts = interval[1].timestamp() if interval else -math.inf
-        cloud_key = math.inf if cloud is None else cloud
-        return (-ts, cloud_key, item.id) if prefer == "recent" else (cloud_key, -ts, item.id)
-
-    if prefer not in ("cloud", "recent"):
-        raise ValueError(f"prefer {prefer!r} must be 'cloud' or 'recent'")
-    return sorted(items, key=key)
-
-
-def _footprint(item: pystac.Item) -> shapely.geometry.base.BaseGeometry | None:
-    if item.geometry:
-        return shapely.geometry.shape(item.geometry)
-    if item.bbox:
-        return shapely.geometry.box(*item.bbox[:2], *item.bbox[-2:]) if len(item.bbox) == 4 else None
-    return None
-
-
-def filter_items(
-    items: Iterable[pystac.Item],
-    bbox: BBox | None = None,
-    datetime: str | DatetimeRange | None = None,
-    collections: Sequence[str] | None = None,
-    max_cloud: float | None = None,
-    allow_missing_cloud: bool = False,
-    required_assets: Callable[[pystac.Item], bool] | None = None,
-) -> list[pystac.Item]:
-    """Keep the items that satisfy every filter (the client-side half of a search; order preserved).
+def check_source(stac_url: str | None, catalog: str | None) -> None:
+    """Check that exactly one item source is given: a STAC API or a catalog file.
 
     Args:
-        items: Candidate items.
-        bbox: WGS84 bbox the footprint must intersect.
-        datetime: Interval (see :func:`parse_datetime_range`); ``start_datetime``/``end_datetime`` honoured.
-        collections: Allowed collection ids.
-        max_cloud: Largest accepted ``eo:cloud_cover`` (percent).
-        allow_missing_cloud: Keep items without ``eo:cloud_cover`` when ``max_cloud`` is set.
-        required_assets: Predicate an item must pass (e.g. "has an RGB source").
-
-    Returns:
-        The matching items.
-    """
-    rng = parse_datetime_range(datetime)
-    region = shapely.geometry.box(*bbox) if bbox is not None else None
-    allowed = set(collections) if collections else None
-    out: list[pystac.Item] = []
-    for item in items:
-        if allowed is not None and item.collection_id not in allowed:
-            continue
-        if region is not None:
-            fp = _footprint(item)
-            if fp is None or not fp.intersects(region):
-                continue
-        if rng is not None:
-            interval = _item_interval(item)
-            if interval is None or not rng.overlaps(*interval):
-                continue
-        if max_cloud is not None:
-            cloud = _cloud(item)
-            if cloud is None and not allow_missing_cloud:
-                continue
-            if cloud is not None and cloud > max_cloud:
-                continue
-        if required_assets is not None and not required_assets(item):
-            continue
-        out.append(item)
-    return out
-
-
-def _read_uri_bytes(uri: str) -> bytes:
-    """Read a local path or object-store URI."""
-    return storage.read_bytes(uri)
-
-
-def _items_from_dicts(dicts: Iterable[dict[str, Any]], source: str) -> list[pystac.Item]:
-    items = []
-    for i, d in enumerate(dicts):
-        if d.get("type") != "Feature":
-            raise CatalogError(f"catalog {source}: entry {i} is not a STAC Item (type={d.get('type')!r})")
-        item = pystac.Item.from_dict(d, preserve_dict=False, migrate=False)
-        for asset in item.assets.values():
-            asset.href = _absolute_href(asset.href, source)
-        items.append(item)
-    return items
-
-
-def _absolute_href(href: str, source: str) -> str:
-    """Resolve an asset href written relative to the catalog file (static catalogs do this)."""
-    if "://" in href or href.startswith("/") or re.match(r"^[A-Za-z]:[\\/]", href):
-        return href
-    base = source.rsplit("/", 1)[0] if "/" in source else "."
-    if "://" in base:
-        scheme, rest = base.split("://", 1)
-        return f"{scheme}://{posixpath.normpath(posixpath.join(rest, href))}"
-    return os.path.normpath(os.path.join(os.path.abspath(base), href))
-
-
-def load_catalog(uri: str) -> list[pystac.Item]:
-    """Load every item of a catalog file: ItemCollection JSON, NDJSON, or stac-geoparquet.
-
-    Args:
-        uri: Local path or object-store URI (s3://, gs://, ...).
-
-    Returns:
-        The items, in file order.
+        stac_url: STAC API root (``--stac-url``), or None.
+        catalog: Catalog file (``--catalog``), or None.
 
     Raises:
-        CatalogError: If the file is missing, unreadable, or holds something else than items.
+        ValueError: If both or neither are given.
     """
-    try:
-        data = _read_uri_bytes(uri)
-    except FileNotFoundError as exc:
-        raise CatalogError(f"catalog file {uri} does not exist; check --catalog") from exc
-    except OSError as exc:
-        raise CatalogError(f"catalog file {uri} could not be read: {exc}") from exc
-    if data[:4] == b"PAR1" or uri.endswith((".parquet", ".geoparquet")):
-        return _load_geoparquet(data, uri)
-    text = data.decode("utf-8").strip()
-    if not text:
-        raise CatalogError(f"catalog file {uri} is empty")
-    try:
-        doc = json.loads(text)
-    except json.JSONDecodeError:
-        try:
-            lines = [json.loads(line) for line in text.splitlines() if line.strip()]
-        except json.JSONDecodeError as exc:
-            raise CatalogError(
-                f"catalog file {uri} is neither JSON, NDJSON nor stac-geoparquet: {exc}"
-            ) from exc
-        return _items_from_dicts(lines, uri)
-    if isinstance(doc, list):
-        return _items_from_dicts(doc, uri)
-    if doc.get("type") == "FeatureCollection":
-        return _items_from_dicts(doc.get("features", []), uri)
-    if doc.get("type") == "Feature":
-        return _items_from_dicts([doc], uri)
-    raise CatalogError(
-        f"catalog file {uri} has type {doc.get('type')!r}; expected an ItemCollection (FeatureCollection), "
-        "NDJSON of items or stac-geoparquet. A static catalog.json is not searchable: export its items first"
-    )
-
-
-def _load_geoparquet(data: bytes, uri: str) -> list[pystac.Item]:
-    import pyarrow.parquet as pq
-    import stac_geoparquet.arrow
-
-    try:
-        table = pq.read_table(io.BytesIO(data))
-        dicts = list(stac_geoparquet.arrow.stac_table_to_items(table))
-    except Exception as exc:  # pyarrow raises several unrelated types for bad files
-        raise CatalogError(f"catalog file {uri} is not valid stac-geoparquet: {exc}") from exc
-    return _items_from_dicts(dicts, uri)
+    if (stac_url is None) == (catalog is None):
+        raise ValueError("give exactly one of --stac-url URL or --catalog FILE")
 
 
 def _search_api(
@@ -511,8 +225,7 @@ def search_items(
     """
     box = validate_bbox(bbox, max_area_km2)
     rng = parse_datetime_range(datetime)
-    if (stac_url is None) == (catalog is None):
-        raise ValueError("give exactly one of stac_url (--stac-url) or catalog (--catalog)")
+    check_source(stac_url, catalog)
     if limit is not None and limit < 1:
         raise ValueError(f"limit {limit} must be a positive integer")
     if stac_url is not None:
@@ -537,41 +250,25 @@ def search_items(
     return ordered
 
 
-def freeze_items(items: Sequence[pystac.Item], uri: str) -> str:
-    """Write the selected items (full JSON) to a stac-geoparquet file, in order.
+def item_summary(item: pystac.Item, full: bool = False) -> dict[str, Any]:
+    """What run.json records of an item: id, collection, datetime and cloud cover.
 
     Args:
-        items: Items to freeze.
-        uri: Destination (local path or object-store URI), e.g. ``out/inputs/items.parquet``.
+        item: The item.
+        full: Also record its ``self`` link and every asset href (sorted by asset key).
 
     Returns:
-        ``uri``.
+        ``{"id", "collection", "datetime", "cloud_cover"}``, plus ``"self_href"`` and ``"asset_hrefs"`` when ``full``.
     """
-    import pyarrow.parquet as pq
-    import stac_geoparquet.arrow
-
-    dicts = []
-    for it in items:
-        d = it.to_dict(transform_hrefs=False)
-        if d.get("geometry") is None and it.bbox:
-            # stac-geoparquet needs a geometry; the bbox is the footprint such items are searched by.
-            d["bbox"] = list(it.bbox)
-            d["geometry"] = shapely.geometry.mapping(shapely.geometry.box(*it.bbox[:2], *it.bbox[-2:]))
-        dicts.append(d)
-    table = stac_geoparquet.arrow.parse_stac_items_to_arrow(dicts).read_all()
-    buf = io.BytesIO()
-    pq.write_table(table, buf, compression="zstd")
-    _write_uri_bytes(uri, buf.getvalue())
-    return uri
-
-
-def _write_uri_bytes(uri: str, data: bytes) -> None:
-    parent = uri.rsplit("/", 1)[0]
-    if parent and parent != uri:
-        storage.makedirs(parent)
-    storage.write_bytes(uri, data)
-
-
-def load_items(uri: str) -> list[pystac.Item]:
-    """Read items frozen by :func:`freeze_items` (order kept)."""
-    return load_catalog(uri)
+    props = item.properties
+    out: dict[str, Any] = {
+        "id": item.id,
+        "collection": item.collection_id,
+        "datetime": props.get("datetime") or props.get("start_datetime"),
+        "cloud_cover": props.get("eo:cloud_cover"),
+    }
+    if full:
+        self_link = item.get_single_link("self")
+        out["self_href"] = self_link.href if self_link is not None else None
+        out["asset_hrefs"] = {k: a.href for k, a in sorted(item.assets.items())}
+    return out

@@ -15,8 +15,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from pipelines.palette import query_rgb
+
 __all__ = [
-    "QUERY_COLOURS",
     "QUICKLOOK_MAX_PX",
     "Overview",
     "Thumbnail",
@@ -30,15 +31,6 @@ logger = logging.getLogger(__name__)
 
 #: Long side of quicklook.png in pixels, at most.
 QUICKLOOK_MAX_PX = 2048
-#: Overlay colour of query k (cycled), RGB.
-QUERY_COLOURS: tuple[tuple[int, int, int], ...] = (
-    (255, 64, 64),
-    (64, 160, 255),
-    (255, 210, 0),
-    (0, 220, 120),
-    (220, 80, 255),
-    (255, 140, 0),
-)
 _ALPHA = 0.5
 
 
@@ -131,9 +123,8 @@ def _legend(image: np.ndarray, queries: Sequence[str]) -> np.ndarray:
     height = min(pil.height, 6 + line_h * len(queries))
     draw.rectangle((0, 0, width, height), fill=(0, 0, 0))
     for k, query in enumerate(queries):
-        colour = QUERY_COLOURS[k % len(QUERY_COLOURS)]
         y = 4 + line_h * k
-        draw.rectangle((4, y + 2, 14, y + 12), fill=colour)
+        draw.rectangle((4, y + 2, 14, y + 12), fill=query_rgb(k))
         draw.text((20, y), query, fill=(255, 255, 255))
     return np.asarray(pil)
 
@@ -193,7 +184,7 @@ def render_quicklook(overview: Overview, queries: Sequence[str]) -> bytes:
     covered = np.zeros(overview.valid.shape, dtype=bool)
     for k in range(overview.masks.shape[0]):
         hit = overview.masks[k]
-        overlay[hit] = np.asarray(QUERY_COLOURS[k % len(QUERY_COLOURS)], dtype=np.float32)
+        overlay[hit] = np.asarray(query_rgb(k), dtype=np.float32)
         covered |= hit
     base[covered] = (1 - _ALPHA) * base[covered] + _ALPHA * overlay[covered]
     image = _legend(np.clip(np.rint(base), 0, 255).astype(np.uint8), queries)

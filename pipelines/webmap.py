@@ -4,13 +4,10 @@ from __future__ import annotations
 
 import base64
 import html
-import io
 import json
 import logging
-import math
 import os
 import re
-from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
@@ -18,49 +15,24 @@ import folium
 import geopandas as gpd
 import numpy as np
 import shapely
-from affine import Affine
 from branca.element import Element, Figure, MacroElement
 from folium.template import Template
-from PIL import Image
 from rasterio.crs import CRS
-from rasterio.enums import Resampling
-from rasterio.warp import calculate_default_transform, reproject, transform_bounds
 
-from pipelines import storage
+from common import storage
+from pipelines.map_overlay import MapImagery
+from pipelines.palette import query_color
 
-__all__ = [
-    "LEAFLET_VERSION",
-    "QUERY_COLORS",
-    "MapImagery",
-    "find_external_references",
-    "map_imagery",
-    "query_color",
-    "write_map",
-]
+__all__ = ["LEAFLET_VERSION", "find_external_references", "write_map"]
 
 logger = logging.getLogger(__name__)
 
 #: Version of the vendored Leaflet in ``pipelines/assets/`` (see its README.md).
 LEAFLET_VERSION = "1.9.4"
 
-#: Polygon colours, one per query in order (cycled beyond ten). Saturated hues that stand out on imagery.
-QUERY_COLORS: tuple[str, ...] = (
-    "#ff00ff",
-    "#00e5ff",
-    "#ffea00",
-    "#ff6d00",
-    "#76ff03",
-    "#ff1744",
-    "#d500f9",
-    "#2979ff",
-    "#ffffff",
-    "#00c853",
-)
-
 #: Columns ``write_map`` reads from the polygons table (PIPELINE.md §4 ``polygons.parquet``).
 _REQUIRED_COLUMNS = ("query", "score_mean", "score_max", "area_m2")
 
-_WEB_MERCATOR = CRS.from_epsg(3857)
 _LONLAT = CRS.from_epsg(4326)
 # Coordinates in the HTML are rounded to 1e-7 degree (about 1 cm), which keeps the file small.
 _COORD_DECIMALS = 7
@@ -121,111 +93,6 @@ def find_external_references(text: str) -> list[str]:
         if host.lower() not in _LOOPBACK_HOSTS:
             found.append(url)
     return found
-
-
-def query_color(index: int) -> str:
-    """Colour (``#rrggbb``) of the ``index``-th query on the map and in the legend."""
-    return QUERY_COLORS[index % len(QUERY_COLORS)]
-
-
-@dataclass(frozen=True)
-class MapImagery:
-    """An image overlay for the map.
-
-    Leaflet stretches an overlay linearly between its corners in Web Mercator, so ``rgba`` must be on a Web Mercator
-    pixel grid (``map_imagery`` warps any georeferenced raster onto one).
-
-    Attributes:
-        rgba: uint8 (H, W, 3) or (H, W, 4); alpha 0 is transparent (nodata).
-        bounds_lonlat: (minx, miny, maxx, maxy) in EPSG:4326 degrees.
-    """
-
-    rgba: np.ndarray
-    bounds_lonlat: tuple[float, float, float, float]
-
-    def __post_init__(self) -> None:
-        if self.rgba.dtype != np.uint8 or self.rgba.ndim != 3 or self.rgba.shape[2] not in (3, 4):
-            raise ValueError(
-                f"imagery must be a uint8 (H, W, 3) or (H, W, 4) array, got {self.rgba.dtype} {self.rgba.shape}"
-            )
-        minx, miny, maxx, maxy = self.bounds_lonlat
-        if not (-180 <= minx < maxx <= 180 and -90 <= miny < maxy <= 90):
-            raise ValueError(
-                f"imagery bounds {self.bounds_lonlat} are not (minx, miny, maxx, maxy) in EPSG:4326 degrees"
-            )
-
-    def to_data_uri(self) -> str:
-        """The image as a PNG data URI."""
-        buffer = io.BytesIO()
-        Image.fromarray(self.rgba).save(buffer, format="PNG", optimize=True)
-        return _data_uri(buffer.getvalue(), "image/png")
-
-
-def map_imagery(
-    rgb: np.ndarray,
-    crs: CRS | str | int,
-    transform: Affine,
-    valid: np.ndarray | None = None,
-    max_side_px: int = 2048,
-) -> MapImagery:
-    """Warp a georeferenced RGB raster onto a Web Mercator grid for use as a map overlay.
-
-    Args:
-        rgb: uint8 (H, W, 3) imagery (usually a thumbnail of the region).
-        crs: CRS of ``rgb``.
-        transform: affine pixel-to-CRS transform of ``rgb``.
-        valid: optional bool (H, W); False pixels become transparent.
-        max_side_px: cap on the overlay's longer side, in pixels.
-
-    Returns:
-        The overlay, transparent outside the raster's footprint.
-
-    Raises:
-        ValueError: when ``rgb`` or ``valid`` have the wrong shape or type.
-    """
-    if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
-        raise ValueError(f"rgb must be a uint8 (H, W, 3) array, got {rgb.dtype} {rgb.shape}")
-    height, width = rgb.shape[:2]
-    if valid is None:
-        valid = np.ones((height, width), dtype=bool)
-    if valid.shape != (height, width):
-        raise ValueError(f"valid has shape {valid.shape}, expected {(height, width)} to match rgb")
-    src_crs = CRS.from_user_input(crs)
-    left, top = transform @ (0, 0)
-    right, bottom = transform @ (width, height)
-    bounds = (min(left, right), min(top, bottom), max(left, right), max(top, bottom))
-    dst_transform, dst_width, dst_height = calculate_default_transform(
-        src_crs, _WEB_MERCATOR, width, height, *bounds
-    )
-    scale = max(dst_width, dst_height) / max_side_px
-    if scale > 1:
-        dst_width, dst_height = max(1, math.ceil(dst_width / scale)), max(1, math.ceil(dst_height / scale))
-        dst_transform = dst_transform @ Affine.scale(scale)
-    # (H, W, 3) -> (3, H, W): rasterio's band-first layout.
-    source = np.moveaxis(rgb, -1, 0)
-    out_rgb = np.zeros((3, dst_height, dst_width), dtype=np.uint8)
-    out_alpha = np.zeros((1, dst_height, dst_width), dtype=np.uint8)
-    common = {
-        "src_transform": transform,
-        "src_crs": src_crs,
-        "dst_transform": dst_transform,
-        "dst_crs": _WEB_MERCATOR,
-    }
-    reproject(source, out_rgb, resampling=Resampling.bilinear, **common)
-    reproject(
-        valid.astype(np.uint8)[None] * 255,
-        out_alpha,
-        resampling=Resampling.nearest,
-        src_nodata=None,
-        **common,
-    )
-    # (3, H, W) + (1, H, W) -> (H, W, 4)
-    rgba = np.moveaxis(np.concatenate([out_rgb, out_alpha]), 0, -1)
-    mleft, mtop = dst_transform @ (0, 0)
-    mright, mbottom = dst_transform @ (dst_width, dst_height)
-    lonlat = transform_bounds(_WEB_MERCATOR, _LONLAT, mleft, mbottom, mright, mtop)
-    west, south, east, north = (float(v) for v in lonlat)
-    return MapImagery(rgba=np.ascontiguousarray(rgba), bounds_lonlat=(west, south, east, north))
 
 
 def _figure(fmap: folium.Map) -> Figure:
@@ -331,6 +198,52 @@ def _fit_bounds(
     return (stacked[:, 0].min(), stacked[:, 1].min(), stacked[:, 2].max(), stacked[:, 3].max())
 
 
+def _check_polygons(polygons: gpd.GeoDataFrame, queries: list[str], max_per_query: int) -> None:
+    """Refuse a polygons table ``write_map`` cannot draw (missing columns or CRS, unknown queries, bad cap)."""
+    missing = [c for c in _REQUIRED_COLUMNS if c not in polygons.columns]
+    if missing:
+        raise KeyError(f"polygons lack column(s) {missing}; write_map needs {list(_REQUIRED_COLUMNS)}")
+    if polygons.crs is None:
+        raise ValueError("polygons have no CRS; set it (e.g. gdf.set_crs(...)) before writing the map")
+    if max_per_query < 1:
+        raise ValueError(f"max_per_query must be >= 1, got {max_per_query}")
+    unknown = sorted(set(polygons["query"].astype(str)) - set(queries))
+    if unknown:
+        raise ValueError(f"polygons hold queries {unknown} that are not in queries={queries}")
+
+
+def _query_group(query: str, color: str, table: gpd.GeoDataFrame) -> folium.FeatureGroup:
+    """One query's layer: its polygons in its colour, with a popup (query, scores, area, id) and a tooltip."""
+    group = folium.FeatureGroup(name=html.escape(query), show=True)
+    if len(table):
+        style = {"color": color, "weight": 2, "opacity": 1.0, "fillColor": color, "fillOpacity": 0.3}
+        folium.GeoJson(
+            table.to_json(drop_id=True),
+            control=False,
+            style_function=lambda _feature, style=style: style,
+            highlight_function=lambda _feature: {"weight": 4, "fillOpacity": 0.5},
+            popup=folium.GeoJsonPopup(
+                fields=["query", "score", "area", "polygon"],
+                aliases=["Query", "Score (mean / max)", "Area", "Polygon"],
+                localize=False,
+            ),
+            tooltip=folium.GeoJsonTooltip(fields=["query"], labels=False),
+        ).add_to(group)
+    return group
+
+
+def _render_offline(fmap: folium.Map) -> str:
+    """The page's HTML; refuse it if anything but the vendored Leaflet would be fetched from the network."""
+    page = _figure(fmap).render()
+    # The vendored library is checked by hash in the tests; everything else must reference nothing external.
+    external = find_external_references(page.replace(_inline_leaflet_js(), ""))
+    if external:
+        raise RuntimeError(
+            f"map.html would load external resources {external[:5]}; it must be self-contained"
+        )
+    return page
+
+
 def write_map(
     path: str | os.PathLike[str],
     polygons: gpd.GeoDataFrame,
@@ -360,17 +273,7 @@ def write_map(
         KeyError: when a required column is missing.
         ValueError: when ``polygons`` has no CRS, ``max_per_query`` < 1, or a polygon's query is not in ``queries``.
     """
-    missing = [c for c in _REQUIRED_COLUMNS if c not in polygons.columns]
-    if missing:
-        raise KeyError(f"polygons lack column(s) {missing}; write_map needs {list(_REQUIRED_COLUMNS)}")
-    if polygons.crs is None:
-        raise ValueError("polygons have no CRS; set it (e.g. gdf.set_crs(...)) before writing the map")
-    if max_per_query < 1:
-        raise ValueError(f"max_per_query must be >= 1, got {max_per_query}")
-    unknown = sorted(set(polygons["query"].astype(str)) - set(queries))
-    if unknown:
-        raise ValueError(f"polygons hold queries {unknown} that are not in queries={queries}")
-
+    _check_polygons(polygons, queries, max_per_query)
     layers = _query_layers(polygons, queries, max_per_query)
     bounds = _fit_bounds(imagery, layers)
     fmap = _OfflineMap(location=None, tiles=None, control_scale=True, zoom_snap=0.25, zoom_delta=0.5)
@@ -378,28 +281,13 @@ def write_map(
     if imagery is not None:
         minx, miny, maxx, maxy = imagery.bounds_lonlat
         folium.raster_layers.ImageOverlay(
-            image=imagery.to_data_uri(),
+            image=_data_uri(imagery.to_png(), "image/png"),
             bounds=[[miny, minx], [maxy, maxx]],
             name="imagery",
             interactive=False,
         ).add_to(fmap)
     for query, color, table, _ in layers:
-        group = folium.FeatureGroup(name=html.escape(query), show=True)
-        if len(table):
-            style = {"color": color, "weight": 2, "opacity": 1.0, "fillColor": color, "fillOpacity": 0.3}
-            folium.GeoJson(
-                table.to_json(drop_id=True),
-                control=False,
-                style_function=lambda _feature, style=style: style,
-                highlight_function=lambda _feature: {"weight": 4, "fillOpacity": 0.5},
-                popup=folium.GeoJsonPopup(
-                    fields=["query", "score", "area", "polygon"],
-                    aliases=["Query", "Score (mean / max)", "Area", "Polygon"],
-                    localize=False,
-                ),
-                tooltip=folium.GeoJsonTooltip(fields=["query"], labels=False),
-            ).add_to(group)
-        group.add_to(fmap)
+        _query_group(query, color, table).add_to(fmap)
     folium.LayerControl(collapsed=False).add_to(fmap)
     if bounds is not None:
         minx, miny, maxx, maxy = bounds
@@ -411,14 +299,7 @@ def write_map(
     entries = [(query, color, len(table), total) for query, color, table, total in layers]
     _figure(fmap).html.add_child(Element(_legend_html(entries, max_per_query)))
 
-    page = _figure(fmap).render()
-    # The vendored library is checked by hash in the tests; everything else must reference nothing external.
-    external = find_external_references(page.replace(_inline_leaflet_js(), ""))
-    if external:
-        raise RuntimeError(
-            f"map.html would load external resources {external[:5]}; it must be self-contained"
-        )
-    data = page.encode("utf-8")
+    data = _render_offline(fmap).encode("utf-8")
     storage.write_bytes(path, data)
     summary = {
         "path": os.fspath(path),

@@ -17,7 +17,7 @@ import zarr
 from pyproj import CRS as ProjCRS
 from zarr.codecs import ZstdCodec
 
-from pipelines import storage
+from common import storage, storage_adapters
 from pipelines.grid import ChunkSpec, OutputGrid
 
 __all__ = ["ZSTD_LEVEL", "create_zarr_template", "geozarr_attrs", "open_masks", "write_zarr_chunk"]
@@ -85,6 +85,94 @@ def _template_signature(grid: OutputGrid, queries: Sequence[str], zarr_chunk_px:
     return {"grid": grid.to_dict(), "queries": list(queries), "zarr_chunk_px": zarr_chunk_px}
 
 
+def _keep_existing_template(uri: str, signature: dict[str, Any]) -> bool:
+    """True when ``uri`` holds a template with ``signature`` (resume); refuse a store with other settings."""
+    if not storage.exists(storage.join(uri, "zarr.json")):
+        return False
+    existing = zarr.open_group(storage_adapters.zarr_store(uri, read_only=True), mode="r").attrs.get(
+        "crobim:template"
+    )
+    if existing == signature:
+        logger.info("Zarr template %s exists with the same settings; keeping it", uri)
+        return True
+    old = existing if isinstance(existing, dict) else {}
+    diff = [k for k in _TEMPLATE_KEYS if old.get(k) != signature[k]]
+    raise FileExistsError(
+        f"{uri} already holds a Zarr store with different settings ({', '.join(diff) or 'unknown'}); "
+        "use another --out or pass --overwrite"
+    )
+
+
+def _create_data_arrays(root: zarr.Group, grid: OutputGrid, q: int, zarr_chunk_px: int) -> None:
+    """The empty ``prob`` (query, y, x) and ``valid`` (y, x) arrays, chunked ``zarr_chunk_px`` square."""
+    h, w, zc = grid.height, grid.width, zarr_chunk_px
+    root.create_array(
+        "prob",
+        shape=(q, h, w),
+        chunks=(1, min(zc, h), min(zc, w)),
+        dtype="uint8",
+        fill_value=0,
+        compressors=[ZstdCodec(level=ZSTD_LEVEL)],
+        dimension_names=["query", "y", "x"],
+        attributes={
+            "long_name": "probability x 255, rounded",
+            "grid_mapping": "spatial_ref",
+            "valid_range": [0, 255],
+        },
+    )
+    root.create_array(
+        "valid",
+        shape=(h, w),
+        chunks=(min(zc, h), min(zc, w)),
+        dtype="uint8",
+        fill_value=0,
+        compressors=[ZstdCodec(level=ZSTD_LEVEL)],
+        dimension_names=["y", "x"],
+        attributes={"long_name": "imagery present (1) or not (0)", "grid_mapping": "spatial_ref"},
+    )
+
+
+def _write_coordinates(root: zarr.Group, grid: OutputGrid, q: int) -> None:
+    """The ``x``/``y`` pixel-centre coordinates, the ``query`` index and the ``spatial_ref`` grid mapping."""
+    compressors = [ZstdCodec(level=ZSTD_LEVEL)]
+    a, _, c, _, e, f = grid.transform
+    x = c + a * (np.arange(grid.width, dtype=np.float64) + 0.5)
+    y = f + e * (np.arange(grid.height, dtype=np.float64) + 0.5)
+    for name, values in (("x", x), ("y", y)):
+        arr = root.create_array(
+            name,
+            shape=values.shape,
+            chunks=values.shape,
+            dtype="float64",
+            fill_value=np.nan,
+            compressors=compressors,
+            dimension_names=[name],
+            attributes=_coord_attrs(grid, name),
+        )
+        arr[:] = values
+    qarr = root.create_array(
+        "query",
+        shape=(q,),
+        chunks=(q,),
+        dtype="int16",
+        fill_value=-1,
+        compressors=compressors,
+        dimension_names=["query"],
+        attributes={"long_name": "query index into the 'queries' attribute"},
+    )
+    qarr[:] = np.arange(q, dtype=np.int16)
+    sref = root.create_array(
+        "spatial_ref",
+        shape=(),
+        dtype="int32",
+        fill_value=0,
+        compressors=None,
+        dimension_names=[],
+        attributes=_grid_mapping_attrs(grid),
+    )
+    sref[()] = 0
+
+
 def create_zarr_template(
     uri: str,
     grid: OutputGrid,
@@ -115,23 +203,11 @@ def create_zarr_template(
     if zarr_chunk_px < 1:
         raise ValueError(f"zarr_chunk_px {zarr_chunk_px} must be positive")
     signature = _template_signature(grid, queries, zarr_chunk_px)
-    if storage.exists(storage.join(uri, "zarr.json")) and not overwrite:
-        existing = zarr.open_group(storage.zarr_store(uri, read_only=True), mode="r").attrs.get(
-            "crobim:template"
-        )
-        if existing == signature:
-            logger.info("Zarr template %s exists with the same settings; keeping it", uri)
-            return
-        old = existing if isinstance(existing, dict) else {}
-        diff = [k for k in _TEMPLATE_KEYS if old.get(k) != signature[k]]
-        raise FileExistsError(
-            f"{uri} already holds a Zarr store with different settings ({', '.join(diff) or 'unknown'}); "
-            "use another --out or pass --overwrite"
-        )
+    if not overwrite and _keep_existing_template(uri, signature):
+        return
     if overwrite and storage.exists(uri):
         storage.remove(uri, recursive=True)
-    store = storage.zarr_store(uri)
-    root = zarr.open_group(store, mode="w", zarr_format=3)
+    root = zarr.open_group(storage_adapters.zarr_store(uri), mode="w", zarr_format=3)
     root.attrs.update(
         {
             **geozarr_attrs(grid),
@@ -142,70 +218,16 @@ def create_zarr_template(
             **(attrs or {}),
         }
     )
-    q, h, w, zc = len(queries), grid.height, grid.width, zarr_chunk_px
-    compressors = [ZstdCodec(level=ZSTD_LEVEL)]
-    prob = root.create_array(
-        "prob",
-        shape=(q, h, w),
-        chunks=(1, min(zc, h), min(zc, w)),
-        dtype="uint8",
-        fill_value=0,
-        compressors=compressors,
-        dimension_names=["query", "y", "x"],
-        attributes={
-            "long_name": "probability x 255, rounded",
-            "grid_mapping": "spatial_ref",
-            "valid_range": [0, 255],
-        },
+    _create_data_arrays(root, grid, len(queries), zarr_chunk_px)
+    _write_coordinates(root, grid, len(queries))
+    logger.info(
+        "created Zarr template %s (%d queries, %d x %d px, chunks %d)",
+        uri,
+        len(queries),
+        grid.height,
+        grid.width,
+        zarr_chunk_px,
     )
-    valid = root.create_array(
-        "valid",
-        shape=(h, w),
-        chunks=(min(zc, h), min(zc, w)),
-        dtype="uint8",
-        fill_value=0,
-        compressors=compressors,
-        dimension_names=["y", "x"],
-        attributes={"long_name": "imagery present (1) or not (0)", "grid_mapping": "spatial_ref"},
-    )
-    a, _, c, _, e, f = grid.transform
-    x = c + a * (np.arange(w, dtype=np.float64) + 0.5)
-    y = f + e * (np.arange(h, dtype=np.float64) + 0.5)
-    for name, values, axis in (("x", x, "x"), ("y", y, "y")):
-        arr = root.create_array(
-            name,
-            shape=values.shape,
-            chunks=values.shape,
-            dtype="float64",
-            fill_value=np.nan,
-            compressors=compressors,
-            dimension_names=[name],
-            attributes=_coord_attrs(grid, axis),
-        )
-        arr[:] = values
-    qarr = root.create_array(
-        "query",
-        shape=(q,),
-        chunks=(q,),
-        dtype="int16",
-        fill_value=-1,
-        compressors=compressors,
-        dimension_names=["query"],
-        attributes={"long_name": "query index into the 'queries' attribute"},
-    )
-    qarr[:] = np.arange(q, dtype=np.int16)
-    sref = root.create_array(
-        "spatial_ref",
-        shape=(),
-        dtype="int32",
-        fill_value=0,
-        compressors=None,
-        dimension_names=[],
-        attributes=_grid_mapping_attrs(grid),
-    )
-    sref[()] = 0
-    logger.info("created Zarr template %s (%d queries, %d x %d px, chunks %d)", uri, q, h, w, zc)
-    del prob, valid
 
 
 def write_zarr_chunk(
@@ -225,7 +247,7 @@ def write_zarr_chunk(
     Raises:
         ValueError: If shapes, dtype or alignment do not match the store.
     """
-    root = zarr.open_group(storage.zarr_store(uri), mode="r+")
+    root = zarr.open_group(storage_adapters.zarr_store(uri), mode="r+")
     parr = root["prob"]
     varr = root["valid"]
     assert isinstance(parr, zarr.Array) and isinstance(varr, zarr.Array)
@@ -254,4 +276,6 @@ def open_masks(uri: str) -> Any:
     """Open ``masks.zarr`` with xarray (``decode_coords="all"``, so ``spatial_ref`` is a coordinate)."""
     import xarray as xr
 
-    return xr.open_zarr(storage.zarr_store(uri, read_only=True), consolidated=False, decode_coords="all")
+    return xr.open_zarr(
+        storage_adapters.zarr_store(uri, read_only=True), consolidated=False, decode_coords="all"
+    )

@@ -15,7 +15,7 @@ import geopandas as gpd
 import numpy as np
 import pytest
 
-from pipelines.webmap import query_color
+from pipelines.palette import query_color
 from tests.fixtures.browser import chromium_or_skip, color_mask, dump_dom, save_artifact, screenshot
 
 REPO = Path(__file__).resolve().parents[1]

@@ -19,7 +19,7 @@ from crobim.modeling.lgfa import LGFA
 from crobim.modeling.mid import MID
 from crobim.modeling.model import CroBIM
 from crobim.modeling.text import TextEncoder
-from crobim.weights import backbone_pretrained_kwargs, build_text_encoder, build_tokenizer
+from crobim.pretrained import backbone_pretrained_kwargs, build_text_encoder, build_tokenizer
 
 __all__ = ["build_from_config", "build_model", "freeze_text_layers"]
 
@@ -42,20 +42,10 @@ def _require_divisible(value: int, divisor: int, value_key: str, divisor_key: st
         raise ValueError(f"config key {divisor_key} = {divisor} must divide {value_key} = {value}")
 
 
-def build_from_config(
-    config: CroBIMConfig, *, text_config: Any = None, tokenizer_dir: str | Path | None = None
-) -> CroBIM:
-    """Build every component from ``config`` and wire them (the one builder, like SAM's ``_build_sam``).
-
-    Args:
-        config: the full configuration.
-        text_config: a transformers config to build the text encoder from (random weights), used when loading a
-            checkpoint; otherwise ``text.name_or_path`` decides.
-        tokenizer_dir: a saved tokenizer folder, used when loading a checkpoint.
-
-    Returns:
-        The model, in training mode.
-    """
+def _build_text(
+    config: CroBIMConfig, text_config: Any, tokenizer_dir: str | Path | None
+) -> tuple[Any, TextEncoder]:
+    """The tokenizer and the text encoder, checked against the config (positions, vocabulary, head widths)."""
     tokenizer = build_tokenizer(config.text, config.weights, directory=tokenizer_dir)
     encoder = build_text_encoder(config.text, config.weights, encoder_config=text_config)
     text_dim = int(encoder.config.hidden_size)
@@ -76,7 +66,12 @@ def build_from_config(
     _require_divisible(config.lgfa.dim, 4, "lgfa.dim", "the sine position code width 4")
     freeze_text_layers(encoder, config.text.train_layers)
     text = TextEncoder(encoder, max_len=config.text.max_len, prompt_position=config.capm.prompt_position)
+    return tokenizer, text
 
+
+def _build_backbone(config: CroBIMConfig, text_dim: int) -> tuple[Backbone, tuple[int, ...]]:
+    """The timm feature backbone (with the in-backbone fusion blocks for ``backbone.in_fusion = 'pwam'``) and its
+    four stage widths."""
     body = create_timm_features(
         config.backbone.name,
         out_indices=config.backbone.out_indices,
@@ -89,8 +84,14 @@ def build_from_config(
     stage_fusions = None
     if config.backbone.in_fusion == "pwam":
         stage_fusions = [StageLanguageFusion(channels=c, text_dim=text_dim) for c in channels]
-    backbone = Backbone(body, out_norm=config.backbone.out_norm, stage_fusions=stage_fusions)
+    return Backbone(body, out_norm=config.backbone.out_norm, stage_fusions=stage_fusions), channels
 
+
+def _build_decoder(
+    config: CroBIMConfig, channels: tuple[int, ...], text_dim: int
+) -> tuple[CAPM, LGFA, MID, MaskHead, PresenceHead | None]:
+    """CAPM, LGFA, MID, the mask head and the optional presence head, built in this order (the order fixes how
+    the seeded random initialisation is drawn)."""
     capm = CAPM(
         in_channels=channels,
         text_dim=text_dim,
@@ -124,6 +125,27 @@ def build_from_config(
         num_tokens=config.text.max_len + config.capm.num_prompts,
     )
     presence_head = PresenceHead(dim=config.lgfa.dim) if config.presence.enabled else None
+    return capm, lgfa, mid, mask_head, presence_head
+
+
+def build_from_config(
+    config: CroBIMConfig, *, text_config: Any = None, tokenizer_dir: str | Path | None = None
+) -> CroBIM:
+    """Build every component from ``config`` and wire them (the one builder, like SAM's ``_build_sam``).
+
+    Args:
+        config: the full configuration.
+        text_config: a transformers config to build the text encoder from (random weights), used when loading a
+            checkpoint; otherwise ``text.name_or_path`` decides.
+        tokenizer_dir: a saved tokenizer folder, used when loading a checkpoint.
+
+    Returns:
+        The model, in training mode.
+    """
+    # Text first, then backbone, then decoder: the build order fixes the seeded random initialisation.
+    tokenizer, text = _build_text(config, text_config, tokenizer_dir)
+    backbone, channels = _build_backbone(config, text.hidden_size)
+    capm, lgfa, mid, mask_head, presence_head = _build_decoder(config, channels, text.hidden_size)
     return CroBIM(
         config,
         backbone=backbone,

@@ -5,7 +5,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -20,7 +19,7 @@ from crobim.modeling.heads import MaskHead, PresenceHead
 from crobim.modeling.lgfa import LGFA
 from crobim.modeling.mid import MID
 from crobim.modeling.text import TextEncoder
-from crobim.transforms import preprocess_images
+from crobim.transforms import preprocess_images, tokenize
 
 __all__ = ["CroBIM", "CroBIMOutput", "DecodeAux", "ImageFeatures", "TextFeatures"]
 
@@ -88,7 +87,8 @@ class CroBIMOutput:
 class CroBIM(nn.Module):
     """Cross-modal bidirectional interaction model for referring remote-sensing image segmentation.
 
-    Build it with ``crobim.build_model(name_or_config)``; the components are passed in already built.
+    Build it with ``crobim.build_model(name_or_config)``; the components are passed in already built. Save and
+    load it with ``crobim.save_model`` / ``crobim.load_model``.
     """
 
     def __init__(
@@ -127,20 +127,9 @@ class CroBIM(nn.Module):
         Returns:
             ``input_ids`` and ``attention_mask``, both (Q, L) long on the model's device.
         """
-        if isinstance(texts, str):
-            texts = [texts]
-        encoded = self.tokenizer(
-            list(texts),
-            padding="max_length",
-            truncation=True,
-            max_length=self.config.text.max_len,
-            return_tensors="pt",
-        )
+        encoded = tokenize(self.tokenizer, texts, max_len=self.config.text.max_len, return_tensors="pt")
         device = self.device
-        return {
-            "input_ids": encoded["input_ids"].long().to(device),
-            "attention_mask": encoded["attention_mask"].long().to(device),
-        }
+        return {key: value.to(device) for key, value in encoded.items()}
 
     def preprocess(self, images: Any) -> Tensor:
         """uint8 (H, W, 3) images (one, a list, or a (B, H, W, 3) array) -> normalised (B, 3, H, W) at
@@ -220,6 +209,7 @@ class CroBIM(nn.Module):
         txt: TextFeatures,
         pair_index: Tensor | None = None,
         pairs_per_pass: int | None = None,
+        output_size: tuple[int, int] | None = None,
     ) -> CroBIMOutput:
         """CAPM -> prompted text pass -> LGFA -> MID -> heads for image-query pairs.
 
@@ -231,6 +221,8 @@ class CroBIM(nn.Module):
                 all at once). The image-only work still runs once per image and the prompted text pass once over
                 all pairs; smaller passes keep the per-pair pixel activations small (on CPU they then stay in
                 cache, see docs/benchmarks.md), at the price of more, smaller kernels.
+            output_size: (H, W) of the returned logits (default: the input size); a caller whose images were
+                resized to the input size passes their own size, so the logits are resized once.
 
         Returns:
             ``CroBIMOutput``: without ``pair_index`` logits (B, Q, C, H, W) and presence (B, Q); with it logits
@@ -276,7 +268,9 @@ class CroBIM(nn.Module):
             z, tokens = self.mid(visual, prompted[rows], prompted_mask[rows])
             logits, query = self.mask_head(z, tokens, prompted_mask[rows])  # (n, C, h, w), (n, d)
             presence = self.presence_head(query, z, logits) if self.presence_head is not None else None
-            logits = F.interpolate(logits, size=img.image_size, mode="bilinear", align_corners=True)
+            logits = F.interpolate(
+                logits, size=output_size or img.image_size, mode="bilinear", align_corners=True
+            )
             passes.append((logits, presence, word_attention))  # logits (n, C, H, W)
         if len(passes) == 1:
             logits, presence, word_attention = passes[0]
@@ -291,7 +285,12 @@ class CroBIM(nn.Module):
         return CroBIMOutput(logits, presence, DecodeAux(tuple(word_attention), image_rows))
 
     def forward(
-        self, images: Tensor, input_ids: Tensor, attention_mask: Tensor, pair_index: Tensor | None = None
+        self,
+        images: Tensor,
+        input_ids: Tensor,
+        attention_mask: Tensor,
+        pair_index: Tensor | None = None,
+        output_size: tuple[int, int] | None = None,
     ) -> CroBIMOutput:
         """Paired forward: ``decode(encode_image(images), encode_text(ids, mask), pair_index)``.
 
@@ -301,6 +300,7 @@ class CroBIM(nn.Module):
             attention_mask: (N, L).
             pair_index: optional (N,) long, the image row of each expression, for batches that hold several
                 expressions of one image (each image is then encoded once); None pairs row i with row i (N = B).
+            output_size: (H, W) of the returned logits (default: the input size), see :meth:`decode`.
 
         Returns:
             ``CroBIMOutput`` with logits (N, C, H, W) and presence (N,) or None.
@@ -322,22 +322,4 @@ class CroBIM(nn.Module):
             img = self.encode_image(images)
         if pair_index is None:
             pair_index = torch.arange(input_ids.shape[0], device=images.device)
-        return self.decode(img, txt, pair_index=pair_index)
-
-    # ---------------------------------------------------------------------------------------------- checkpoints
-    def save_pretrained(self, directory: str | Path) -> Path:
-        """Write ``config.json``, ``model.safetensors``, ``text_encoder_config.json`` and ``tokenizer/``."""
-        from crobim.weights import save_checkpoint
-
-        return save_checkpoint(self, directory)
-
-    @classmethod
-    def from_pretrained(cls, directory: str | Path, map_location: str | torch.device = "cpu") -> CroBIM:
-        """Load a folder written by ``save_pretrained``; strict, safetensors only.
-
-        Raises:
-            crobim.errors.CheckpointError: missing / corrupt files, config mismatch, missing or unexpected keys.
-        """
-        from crobim.weights import load_checkpoint
-
-        return load_checkpoint(directory, map_location=map_location)
+        return self.decode(img, txt, pair_index=pair_index, output_size=output_size)

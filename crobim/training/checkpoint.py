@@ -5,14 +5,14 @@ Layout of one checkpoint folder:
 | File | Content |
 | --- | --- |
 | `model.safetensors` | the unwrapped model's state dict |
-| `config.json` | the model's `CroBIMConfig` (so any checkpoint exports with `save_pretrained`) |
+| `config.json` | the model's `CroBIMConfig` (so any checkpoint exports with `crobim.save_model`) |
 | `optimizer.safetensors` | every tensor of the optimizer state, keyed `state.<param index>.<name>` |
 | `optimizer.json` | optimizer param groups and non-tensor state entries |
 | `scheduler.json` | the LR scheduler's state dict (plain numbers) |
 | `rng.safetensors`, `rng.json` | torch CPU/CUDA generator states (uint8 tensors), numpy and `random` states |
 | `trainer_state.json` | epochs done, global step, metric history, the training config; written last |
 
-`trainer_state.json` is written last, so a folder without it is incomplete and `load_checkpoint`
+`trainer_state.json` is written last, so a folder without it is incomplete and `load_training_state`
 refuses it. Ray Train copies a reported folder to storage only after `report` returns, so a
 worker dying mid-write never registers a half-written checkpoint.
 """
@@ -33,10 +33,10 @@ __all__ = [
     "CHECKPOINT_FILES",
     "TrainerState",
     "capture_rng_state",
-    "load_checkpoint",
+    "load_training_state",
     "read_trainer_state",
     "restore_rng_state",
-    "save_checkpoint",
+    "save_training_state",
 ]
 
 #: Every file a complete checkpoint folder holds.
@@ -166,7 +166,7 @@ def _optimizer_from_files(tensors: dict[str, torch.Tensor], meta: dict[str, Any]
     return {"state": state, "param_groups": meta["param_groups"]}
 
 
-def save_checkpoint(
+def save_training_state(
     directory: str | Path,
     *,
     model: torch.nn.Module,
@@ -222,7 +222,7 @@ def read_trainer_state(directory: str | Path) -> TrainerState:
     return TrainerState.from_json((folder / _STATE_FILE).read_text())
 
 
-def load_checkpoint(
+def load_training_state(
     directory: str | Path,
     *,
     model: torch.nn.Module,
@@ -230,7 +230,7 @@ def load_checkpoint(
     scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
     restore_rng: bool = True,
 ) -> TrainerState:
-    """Load a checkpoint folder written by `save_checkpoint` (strict for the model weights).
+    """Load a checkpoint folder written by `save_training_state` (strict for the model weights).
 
     Args:
         directory: checkpoint folder.

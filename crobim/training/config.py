@@ -16,6 +16,8 @@ from typing import Any, Literal
 
 import yaml
 
+from crobim.precision import PRECISIONS
+
 __all__ = [
     "DatasetName",
     "DataSettings",
@@ -29,7 +31,6 @@ __all__ = [
 
 DatasetName = Literal["synrs", "rrsisd", "refsegrs", "risbench"]
 _DATASETS = typing.get_args(DatasetName)
-_AMP = ("auto", "bf16", "fp32")
 
 
 def _check_positive(section: str, name: str, value: float | None, allow_none: bool = False) -> None:
@@ -53,7 +54,7 @@ class DataSettings:
         shuffle: reshuffle the training references every epoch (seeded by `schedule.seed` and the epoch).
         group_by_image: shuffle images instead of references, each image followed by its expressions, so that a
             batch holds several expressions of an image and the training step encodes the image once
-            (`crobim.training.data.forward_batch`; every batch dedupes repeated images, this makes them
+            (`crobim.scoring.forward_batch`; every batch dedupes repeated images, this makes them
             common). For sets with several expressions per image (SynRS, RRSIS-D); off keeps samples i.i.d.
         negatives: train on no-target samples when the model's presence head is on; with the head off
             they are always dropped from training (they stay in validation).
@@ -124,8 +125,8 @@ class ScheduleSettings:
         _check_positive("schedule", "val_batch_size", self.val_batch_size)
         _check_positive("schedule", "log_every_steps", self.log_every_steps)
         _check_positive("schedule", "grad_clip_norm", self.grad_clip_norm, allow_none=True)
-        if self.precision not in _AMP:
-            raise ValueError(f"schedule.precision = {self.precision!r} is not one of {list(_AMP)}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"schedule.precision = {self.precision!r} is not one of {list(PRECISIONS)}")
 
 
 @dataclass
@@ -176,7 +177,7 @@ class TrainConfig:
         model: a preset name (`crobim-tiny`, `crobim-swin-b`, `crobim-convnext-b`) or a path to a
             model config YAML/JSON written by `CroBIMConfig`.
         model_overrides: dotted `CroBIMConfig` keys and values, e.g. `{"text.max_len": 20}`.
-        init_weights: optional folder saved by `CroBIM.save_pretrained` to start from.
+        init_weights: optional folder saved by `crobim.save_model` to start from.
     """
 
     model: str = "crobim-tiny"
@@ -236,6 +237,43 @@ def _build(cls: type, raw: dict[str, Any], prefix: str) -> Any:  # noqa: ANN401
     return cls(**kwargs)
 
 
+def _set_dotted(
+    tree: dict[str, Any],
+    key: str,
+    value: Any,  # noqa: ANN401
+    *,
+    what: str,
+    existing_only: bool,
+    free_form: tuple[str, ...] = (),
+) -> None:
+    """Set `tree[a][b][c] = value` for the dotted `key` "a.b.c": the one walker of both override kinds.
+
+    Args:
+        tree: nested mapping, changed in place.
+        key: dotted key.
+        value: the value to set.
+        what: how error messages name the key ("override", "model_overrides").
+        existing_only: every section and the leaf must exist already (a `CroBIMConfig` dict); otherwise missing
+            sections are created (the `TrainConfig` keys are checked when the dataclass is built).
+        free_form: section names whose entries are free (e.g. `backbone.model_kwargs`): new leaves are allowed.
+
+    Raises:
+        ValueError: if a section on the way is missing or not a mapping, or (with `existing_only`) the leaf is
+            unknown; the message names the key and the valid keys.
+    """
+    node = tree
+    parts = key.split(".")
+    for part in parts[:-1]:
+        child = node.get(part) if existing_only else node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ValueError(f"{what} key {key!r}: {part!r} is not a section")
+        node = child
+    leaf = parts[-1]
+    if existing_only and leaf not in node and not (len(parts) > 1 and parts[-2] in free_form):
+        raise ValueError(f"{what} key {key!r} does not exist; valid keys here: {sorted(node)}")
+    node[leaf] = value
+
+
 def parse_override(text: str) -> tuple[str, Any]:
     """Parse one `key=value` override; the value is read as YAML (numbers, booleans, null, lists).
 
@@ -279,13 +317,7 @@ def apply_overrides(raw: dict[str, Any], overrides: list[tuple[str, Any]]) -> di
         if key.startswith("model_overrides."):
             out.setdefault("model_overrides", {})[key.removeprefix("model_overrides.")] = value
             continue
-        node = out
-        parts = key.split(".")
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise KeyError(f"override {key!r}: {part!r} is not a section")
-        node[parts[-1]] = value
+        _set_dotted(out, key, value, what="override", existing_only=False)
     return out
 
 
@@ -327,15 +359,5 @@ def build_model_config(cfg: TrainConfig) -> Any:  # noqa: ANN401
     else:
         base = get_preset(cfg.model).to_dict()
     for key, value in cfg.model_overrides.items():
-        node = base
-        parts = key.split(".")
-        for part in parts[:-1]:
-            if not isinstance(node.get(part), dict):
-                raise ValueError(f"model_overrides key {key!r}: {part!r} is not a CroBIMConfig section")
-            node = node[part]
-        if parts[-1] not in node and not (len(parts) == 3 and parts[1] == "model_kwargs"):
-            raise ValueError(
-                f"model_overrides key {key!r} does not exist in CroBIMConfig; valid keys here: {sorted(node)}"
-            )
-        node[parts[-1]] = value
+        _set_dotted(base, key, value, what="model_overrides", existing_only=True, free_form=("model_kwargs",))
     return CroBIMConfig.from_dict(base)

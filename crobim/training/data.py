@@ -7,9 +7,9 @@ mask with `crobim.transforms.resize_mask` and tokenises the expression with the 
 gets its own dataset per epoch (`epoch_indices`: a seeded permutation cut into global micro-steps, the rank's
 slice of each; with `data.group_by_image` a permutation of the images, each followed by its expressions), read
 with `ray.train.get_dataset_shard`; validation is split across the ranks. Each decoded row carries `image_key`, a
-hash of the reader's `image_key`, so that `forward_batch` encodes an image once per batch however many of its
-expressions the batch holds. No process holds the dataset: the object store keeps only the indices (8 bytes per
-sample and epoch).
+hash of the reader's `image_key`, so that `crobim.scoring.forward_batch` encodes an image once per batch however
+many of its expressions the batch holds. No process holds the dataset: the object store keeps only the indices
+(8 bytes per sample and epoch).
 """
 
 from __future__ import annotations
@@ -32,7 +32,6 @@ __all__ = [
     "build_reference_set",
     "decode_references",
     "epoch_indices",
-    "forward_batch",
     "make_reader",
     "to_dataset",
     "train_dataset_name",
@@ -65,7 +64,7 @@ def _cached_reader(dataset: str, root: str, split: str, skip_known_bad: bool) ->
 
 @functools.lru_cache(maxsize=4)
 def _cached_tokenizer(model_config_json: str, tokenizer_dir: str | None) -> Any:  # noqa: ANN401
-    from crobim.weights import build_tokenizer
+    from crobim.pretrained import build_tokenizer
 
     cfg = CroBIMConfig.from_json(model_config_json)
     return build_tokenizer(cfg.text, cfg.weights, directory=tokenizer_dir)
@@ -173,7 +172,7 @@ class DecodeBatch:
     Args:
         source: the split the `index` column points into.
         model_config_json: `CroBIMConfig.to_json()` (input size, mean/std, interpolation, max_len).
-        tokenizer_dir: a saved tokenizer folder (from `save_pretrained`); None builds it from the config.
+        tokenizer_dir: a saved tokenizer folder (from `crobim.save_model`); None builds it from the config.
     """
 
     def __init__(
@@ -190,15 +189,11 @@ class DecodeBatch:
         self.max_len = cfg.text.max_len
 
     def tokenize(self, texts: list[str]) -> dict[str, np.ndarray]:
-        """Tokenise like `CroBIM.tokenize` (padded and truncated to `text.max_len`)."""
+        """`crobim.transforms.tokenize` as numpy int64 (the ids of `CroBIM.tokenize`, padded to `text.max_len`)."""
+        from crobim.transforms import tokenize
+
         tok = _cached_tokenizer(self.model_config_json, self.tokenizer_dir)
-        enc = tok(
-            list(texts), padding="max_length", truncation=True, max_length=self.max_len, return_tensors="np"
-        )
-        return {
-            "input_ids": enc["input_ids"].astype(np.int64),
-            "attention_mask": enc["attention_mask"].astype(np.int64),
-        }
+        return tokenize(tok, texts, max_len=self.max_len, return_tensors="np")
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         from crobim.transforms import preprocess_images, resize_mask
@@ -335,30 +330,3 @@ def decode_references(
 ) -> dict[str, np.ndarray]:
     """Decode references in-process (no Ray): the same stage, for evaluation helpers and tests."""
     return DecodeBatch(refs.source, model_config_json, tokenizer_dir)({"index": refs.indices})
-
-
-def forward_batch(model: Any, batch: dict[str, Any]) -> Any:  # noqa: ANN401
-    """The model on a decoded batch, each distinct image encoded once.
-
-    Rows with the same `image_key` show the same pixels, so the image encoder runs on the batch's distinct images
-    only and `pair_index` pairs every expression with its image; the outputs equal the plain paired forward.
-
-    Args:
-        model: CroBIM or its DDP wrapper.
-        batch: torch columns `image`, `input_ids`, `attention_mask` and, optionally, `image_key`.
-
-    Returns:
-        The ``CroBIMOutput`` for the batch's rows, in order.
-    """
-    import torch
-
-    images = batch["image"]
-    keys = batch.get("image_key")
-    if keys is not None:
-        _, first, pair = np.unique(keys.cpu().numpy(), return_index=True, return_inverse=True)
-        if len(first) < len(pair):
-            device = images.device
-            unique_images = images.index_select(0, torch.as_tensor(first, device=device))
-            pair_index = torch.as_tensor(pair.reshape(-1), dtype=torch.long, device=device)
-            return model(unique_images, batch["input_ids"], batch["attention_mask"], pair_index=pair_index)
-    return model(images, batch["input_ids"], batch["attention_mask"])

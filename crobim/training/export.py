@@ -1,5 +1,6 @@
-"""Export of a finished run: the best checkpoint as a `save_pretrained` folder, `metrics.csv` and a
-loss / oIoU curve (PIPELINE.md §7). Works for local folders and s3:// / gs:// run URIs.
+"""Export of a finished run: the best checkpoint as a `crobim.save_model` folder, `metrics.csv` and a
+loss / oIoU curve (PIPELINE.md §7), and the fp16 copy of an exported model. Works for local folders and
+s3:// / gs:// run URIs.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import json
 import logging
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +21,12 @@ from safetensors.torch import load_file
 from crobim.training.checkpoint import read_trainer_state
 
 __all__ = [
+    "BEST_DIR",
+    "CURVES_PNG",
+    "METRICS_CSV",
+    "TrainingSummary",
     "export_best",
+    "export_fp16",
     "export_local_run",
     "load_model_from_checkpoint",
     "plot_curves",
@@ -28,16 +35,40 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
+#: Names under `<storage_path>/<name>/`: the exported model folder, the per-epoch table and the curves.
+BEST_DIR = "best"
+METRICS_CSV = "metrics.csv"
+CURVES_PNG = "curves.png"
+
+
+@dataclass
+class TrainingSummary:
+    """What a finished run produced.
+
+    Attributes:
+        run_uri: `<storage_path>/<name>`.
+        best_uri: the exported `best/` folder.
+        best_metrics: metrics of the best epoch (by `val_oIoU`).
+        history: one metrics dict per epoch, in order.
+        epochs_done: completed epochs.
+        global_step: optimizer steps taken.
+    """
+
+    run_uri: str
+    best_uri: str
+    best_metrics: dict[str, float]
+    history: list[dict[str, float]]
+    epochs_done: int
+    global_step: int
+
 
 def load_model_from_checkpoint(checkpoint_dir: str | Path) -> Any:  # noqa: ANN401
     """Build the CroBIM stored in a training checkpoint folder (strict weight load)."""
-    from crobim import build_model
     from crobim.config import CroBIMConfig
+    from crobim.weights import build_and_load
 
     folder = Path(checkpoint_dir)
-    model = build_model(CroBIMConfig.from_json(folder / "config.json"))
-    model.load_state_dict(load_file(str(folder / "model.safetensors")), strict=True)
-    return model.eval()
+    return build_and_load(CroBIMConfig.from_json(folder / "config.json"), folder / "model.safetensors").eval()
 
 
 def write_metrics_csv(history: list[dict[str, float]]) -> str:
@@ -83,8 +114,8 @@ def plot_curves(history: list[dict[str, float]], path: str | Path, title: str = 
     plt.close(fig)
 
 
-def export_best(best_dir: Path, latest_dir: Path, run_uri: str) -> Any:  # noqa: ANN401
-    """Write `<run_uri>/best/` (save_pretrained), `<run_uri>/metrics.csv` and `<run_uri>/curves.png`.
+def export_best(best_dir: Path, latest_dir: Path, run_uri: str) -> TrainingSummary:
+    """Write `<run_uri>/best/` (`crobim.save_model`), `<run_uri>/metrics.csv` and `<run_uri>/curves.png`.
 
     The local `best/` is replaced atomically (written beside it, then renamed); on object stores the
     files are uploaded after they are complete.
@@ -95,10 +126,10 @@ def export_best(best_dir: Path, latest_dir: Path, run_uri: str) -> Any:  # noqa:
         run_uri: `<storage_path>/<name>`.
 
     Returns:
-        A `crobim.training.trainer.TrainingSummary`.
+        The run's summary.
     """
-    from crobim.training.trainer import BEST_DIR, CURVES_PNG, METRICS_CSV, TrainingSummary
-    from pipelines import storage
+    from common import storage, storage_adapters
+    from crobim.weights import save_model
 
     best_state = read_trainer_state(best_dir)
     latest_state = read_trainer_state(latest_dir)
@@ -108,7 +139,7 @@ def export_best(best_dir: Path, latest_dir: Path, run_uri: str) -> Any:  # noqa:
     with tempfile.TemporaryDirectory(prefix="crobim-export-") as tmp:
         staged = Path(tmp) / BEST_DIR
         with torch.no_grad():
-            model.save_pretrained(staged)
+            save_model(model, staged)
         (staged / "training_metrics.json").write_text(
             json.dumps({"best": best_metrics, "epochs_done": latest_state.epochs_done}, indent=2)
         )
@@ -118,7 +149,7 @@ def export_best(best_dir: Path, latest_dir: Path, run_uri: str) -> Any:  # noqa:
         if storage.is_remote(run_uri):
             if storage.exists(best_uri):
                 storage.remove(best_uri, recursive=True)
-            storage.upload_dir(staged, best_uri)
+            storage_adapters.upload_dir(staged, best_uri)
             for name in (METRICS_CSV, CURVES_PNG):
                 storage.write_bytes(storage.join(run_uri, name), (Path(tmp) / name).read_bytes())
         else:
@@ -147,7 +178,7 @@ def export_best(best_dir: Path, latest_dir: Path, run_uri: str) -> Any:  # noqa:
     )
 
 
-def export_local_run(run_dir: str | Path) -> Any:  # noqa: ANN401
+def export_local_run(run_dir: str | Path) -> TrainingSummary:
     """Export a local run folder without Ray (e.g. after the driver was stopped): best by `val_oIoU` among the
     complete `checkpoint_*` folders, history from the one with the most steps.
 
@@ -166,3 +197,38 @@ def export_local_run(run_dir: str | Path) -> Any:  # noqa: ANN401
     best = max(complete, key=lambda cs: (cs[1].history[-1].get("val_oIoU", float("-inf")), cs[1].global_step))
     latest = max(complete, key=lambda cs: cs[1].global_step)
     return export_best(best[0], latest[0], str(folder))
+
+
+def export_fp16(model_dir: str | Path, out: str | Path) -> int:
+    """Copy a `crobim.save_model` folder with its floating-point weights stored as fp16, then check that it loads.
+
+    The config and the text-encoder config stay as they are (the loader casts the weights on load);
+    `training_metrics.json` is left out, and a hand-written `MODEL_CARD.md` already in `out` is kept.
+
+    Args:
+        model_dir: the folder to copy (e.g. `<storage_path>/<name>/best`).
+        out: the folder to write; replaced if it exists.
+
+    Returns:
+        The bytes of the written folder.
+    """
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from crobim.weights import load_model
+
+    target = Path(out)
+    card = target / "MODEL_CARD.md"
+    card_text = card.read_text() if card.is_file() else None
+    if target.exists():
+        shutil.rmtree(target)
+    shutil.copytree(model_dir, target, ignore=shutil.ignore_patterns("training_metrics.json"))
+    if card_text is not None:
+        card.write_text(card_text)
+    weights = target / "model.safetensors"
+    with safe_open(str(weights), framework="pt") as handle:
+        metadata = handle.metadata() or {}
+    tensors = {k: (v.half() if v.is_floating_point() else v) for k, v in load_file(str(weights)).items()}
+    save_file(tensors, str(weights), metadata=metadata)
+    load_model(target)
+    return sum(p.stat().st_size for p in target.rglob("*") if p.is_file())

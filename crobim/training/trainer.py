@@ -3,7 +3,7 @@
 PIPELINE.md §7. `run_training(cfg)` builds the reference datasets, starts Ray Train with
 `CheckpointConfig(num_to_keep, checkpoint_score_attribute="val_oIoU", checkpoint_score_order="max")`
 and `FailureConfig(max_failures)`, and after `fit()` exports the best checkpoint with
-`save_pretrained` to `<storage_path>/<name>/best/`, with `metrics.csv` and `curves.png` beside it.
+`crobim.save_model` to `<storage_path>/<name>/best/`, with `metrics.csv` and `curves.png` beside it.
 Re-running with the same storage path and name resumes from the latest checkpoint (Train V2).
 """
 
@@ -13,12 +13,12 @@ import dataclasses
 import logging
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from common import storage
 from crobim.errors import CheckpointError
 from crobim.training.config import TrainConfig, build_model_config
 from crobim.training.data import (
@@ -28,45 +28,31 @@ from crobim.training.data import (
     to_dataset,
     train_dataset_name,
 )
+from crobim.training.export import TrainingSummary, export_best
 
-__all__ = ["TrainingSummary", "build_data_config", "build_run_config", "build_trainer", "run_training"]
+__all__ = ["build_data_config", "build_run_config", "build_trainer", "export_run", "run_training"]
 
 logger = logging.getLogger(__name__)
 
-BEST_DIR = "best"
-METRICS_CSV = "metrics.csv"
-CURVES_PNG = "curves.png"
+
+def _pin_train_v2() -> None:
+    """Pin Ray Train V2 (resume by storage path + name; the default since Ray 2.51). Ray reads the variable when
+    `ray.train` is first imported, so every function here that imports it calls this first; the trainer
+    propagates it to the controller and the workers."""
+    os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
 
 
-@dataclass
-class TrainingSummary:
-    """What a finished run produced.
-
-    Attributes:
-        run_uri: `<storage_path>/<name>`.
-        best_uri: the exported `best/` folder.
-        best_metrics: metrics of the best epoch (by `val_oIoU`).
-        history: one metrics dict per epoch, in order.
-        epochs_done: completed epochs.
-        global_step: optimizer steps taken.
-    """
-
-    run_uri: str
-    best_uri: str
-    best_metrics: dict[str, float]
-    history: list[dict[str, float]]
-    epochs_done: int
-    global_step: int
+def _local_dir(uri: str) -> Path:
+    """A local `storage_path` as an absolute folder (`~` expanded, `file://` dropped, symlinks resolved)."""
+    _, path = storage.get_fs(os.path.expanduser(uri))
+    return Path(path).resolve()
 
 
-def _is_remote(uri: str) -> bool:
-    return "://" in uri and not uri.startswith("file://")
-
-
-def _join(uri: str, *parts: str) -> str:
-    if _is_remote(uri):
-        return "/".join([uri.rstrip("/"), *parts])
-    return str(Path(uri).joinpath(*parts))
+def _run_uri(cfg: TrainConfig) -> str:
+    """`<storage_path>/<name>`: a URI on object stores, an absolute folder for local storage (as Ray Train sees it)."""
+    if storage.is_remote(cfg.run.storage_path):
+        return storage.join(cfg.run.storage_path, cfg.run.name)
+    return str(_local_dir(cfg.run.storage_path) / cfg.run.name)
 
 
 def build_data_config(
@@ -82,12 +68,18 @@ def build_data_config(
         epochs: number of epochs (one dataset per epoch and rank, named by `train_dataset_name`).
         **decode: keyword arguments of `to_dataset` (model config, tokenizer, decode CPUs).
 
-    `val` is split without the equal-size truncation, so every validation sample is scored once.
+    `val` is split without the equal-size truncation, so every validation sample is scored once; its shards
+    follow the workers' nodes (`DataConfig(enable_shard_locality=True)`, Ray's default).
     """
+    _pin_train_v2()
     from ray.data import ExecutionOptions
     from ray.train import DataConfig
 
     class _TrainValDataConfig(DataConfig):
+        def __init__(self, enable_shard_locality: bool = True) -> None:
+            super().__init__(enable_shard_locality=enable_shard_locality)
+            self.shard_locality = enable_shard_locality  # kept here: DataConfig has no public getter
+
         def configure(  # noqa: ANN202
             self,
             datasets: dict[str, Any],
@@ -104,7 +96,7 @@ def build_data_config(
                     ds = to_dataset(source, train_indices(epoch, rank, world_size), **decode)
                     ds.context.execution_options = options
                     out[rank][train_dataset_name(epoch)] = ds.iterator()
-            hints = worker_node_ids if self._enable_shard_locality else None
+            hints = worker_node_ids if self.shard_locality else None
             for name, ds in datasets.items():
                 if name in out[0]:
                     continue
@@ -119,17 +111,17 @@ def build_data_config(
 
 def build_run_config(cfg: TrainConfig, callbacks: list[Any] | None = None) -> Any:  # noqa: ANN401
     """`RunConfig` with the checkpoint policy (best by `val_oIoU` + latest) and worker-failure retries."""
+    _pin_train_v2()
     from ray.train import CheckpointConfig, FailureConfig, RunConfig
 
-    storage = cfg.run.storage_path
     kwargs: dict[str, Any] = {}
-    if _is_remote(storage):
-        from pipelines.storage import arrow_fs
+    if storage.is_remote(cfg.run.storage_path):
+        from common.storage_adapters import arrow_fs
 
-        fs, path = arrow_fs(storage)
+        fs, path = arrow_fs(cfg.run.storage_path)
         kwargs = {"storage_path": path, "storage_filesystem": fs}
     else:
-        kwargs = {"storage_path": str(Path(storage).expanduser().resolve())}
+        kwargs = {"storage_path": str(_local_dir(cfg.run.storage_path))}
     return RunConfig(
         name=cfg.run.name,
         failure_config=FailureConfig(max_failures=cfg.run.max_failures),
@@ -144,6 +136,7 @@ def build_run_config(cfg: TrainConfig, callbacks: list[Any] | None = None) -> An
 
 
 def _progress_callback() -> Any:  # noqa: ANN401
+    _pin_train_v2()
     from ray.train import UserCallback
 
     class _Progress(UserCallback):
@@ -176,13 +169,14 @@ def _with_absolute_init_weights(cfg: TrainConfig) -> TrainConfig:
     if not (path / "config.json").is_file():
         raise CheckpointError(
             f"init_weights {cfg.init_weights!r} ({path}) is not a checkpoint folder: config.json is missing "
-            "(a folder written by CroBIM.save_pretrained, e.g. <storage-path>/<name>/best)"
+            "(a folder written by crobim.save_model, e.g. <storage-path>/<name>/best)"
         )
     return dataclasses.replace(cfg, init_weights=str(path))
 
 
 def build_trainer(cfg: TrainConfig, *, callbacks: list[Any] | None = None) -> Any:  # noqa: ANN401
     """Build the `TorchTrainer` for a run (datasets of references, loop config, scaling, run config)."""
+    _pin_train_v2()
     import ray.data
     from ray.data import DataContext
     from ray.train import ScalingConfig
@@ -267,10 +261,8 @@ def _best_checkpoint(result: Any) -> Any:  # noqa: ANN401
 
 
 def export_run(result: Any, cfg: TrainConfig) -> TrainingSummary:  # noqa: ANN401
-    """Export the best checkpoint with `save_pretrained`, plus `metrics.csv` and `curves.png`."""
-    from crobim.training.export import export_best
-
-    run_uri = _join(cfg.run.storage_path, cfg.run.name)
+    """Export the best checkpoint with `crobim.save_model`, plus `metrics.csv` and `curves.png`."""
+    run_uri = _run_uri(cfg)
     best = _best_checkpoint(result)
     latest = result.checkpoint or best
     with best.as_directory() as best_dir, latest.as_directory() as latest_dir:
@@ -289,7 +281,6 @@ def run_training(cfg: TrainConfig) -> TrainingSummary:
     Raises:
         ray.train.TrainingFailedError: when workers fail more often than `run.max_failures`.
     """
-    os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
     trainer = build_trainer(cfg)
     result = trainer.fit()
     if result.error is not None:

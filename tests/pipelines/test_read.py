@@ -10,17 +10,15 @@ from affine import Affine
 from rasterio.warp import transform_bounds
 from rasterio.windows import Window, from_bounds
 
-from pipelines.cog import write_cog
+from pipelines.demo.cog import write_cog
 from pipelines.errors import (
     AssetNotFoundError,
     CorruptAssetError,
     MissingAssetError,
-    PermanentReadError,
-    TransientReadError,
 )
 from pipelines.grid import ChunkSpec, OutputGrid, choose_grid, plan_chunks
 from pipelines.radiometry import select_rgb_source
-from pipelines.read import GDAL_SETTINGS, classify_error, read_chunk, with_retries
+from pipelines.read import GDAL_SETTINGS, read_chunk
 from tests.fixtures.cogs import make_item, write_painted_cog
 
 CRS_32724 = rasterio.crs.CRS.from_epsg(32724)
@@ -227,25 +225,6 @@ def test_transient_http_errors_are_retried_with_backoff(cog_server):
     assert len(delays) >= 1 and 0.5 <= delays[0] <= 1.0
     statuses = [r.status for r in cog_server.records("flaky.tif")]
     assert statuses.count(503) == int(GDAL_SETTINGS["GDAL_HTTP_MAX_RETRY"]) + 2
-
-
-def test_retries_give_up_and_classification():
-    calls: list[int] = []
-    delays: list[float] = []
-
-    def always_503(attempt: int) -> None:
-        calls.append(1)
-        raise rasterio.errors.RasterioIOError("HTTP response code: 503")
-
-    with pytest.raises(TransientReadError, match="gave up after 5 attempts"):
-        with_retries(always_503, "http://x/a.tif", attempts=5, backoff_s=1.0, sleep=delays.append)
-    assert len(calls) == 5 and len(delays) == 4
-    for k, d in enumerate(delays):  # exponential backoff with jitter in [0.5, 1] x 2^k
-        assert 0.5 * 2**k <= d <= 2**k
-    assert isinstance(classify_error(OSError("HTTP response code: 403"), "u"), PermanentReadError)
-    assert isinstance(classify_error(OSError("HTTP response code: 404"), "u"), AssetNotFoundError)
-    assert isinstance(classify_error(OSError("HTTP response code: 429"), "u"), TransientReadError)
-    assert isinstance(classify_error(OSError("Operation timed out"), "u"), TransientReadError)
 
 
 def test_real_landsat_scene_windowed_read(shared_data, cog_server):

@@ -328,12 +328,13 @@ def test_crobim_tiny_checkpoint_end_to_end(ray_local, scene_api: SceneAPI, tmp_p
     import torch
 
     from crobim.modeling import build_model
+    from crobim.weights import save_model
     from pipelines.provenance import folder_sha256
     from pipelines.write import open_masks
 
     torch.manual_seed(0)
     ckpt = tmp_path / "crobim-tiny"
-    build_model("crobim-tiny").save_pretrained(ckpt)
+    save_model(build_model("crobim-tiny"), ckpt)
     out = tmp_path / "out"
     bbox = scene_api.scene.lonlat_bbox(inset_px=64)  # ~128 x 128 px: one chunk, a few 320 px tiles
     argv = [

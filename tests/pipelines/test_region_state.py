@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from pipelines.blend import TileLattice
 from pipelines.provenance import (
     FingerprintMismatchError,
     RunManifest,
@@ -17,7 +18,6 @@ from pipelines.provenance import (
     stored_fingerprint,
     write_fingerprint,
 )
-from pipelines.region import default_lattice
 from pipelines.viz import Thumbnail, assemble_overview, make_thumbnail, render_quicklook, thumbnail_step
 
 
@@ -92,10 +92,12 @@ def test_package_versions_names_the_stack():
 
 
 def test_default_lattice_matches_the_spec_at_480():
-    assert default_lattice(480) == (128, 16)
+    lattice = TileLattice.for_tile_size(480)
+    assert (lattice.overlap_px, lattice.margin_px) == (128, 16)
     for s in (64, 320, 512):
-        overlap, margin = default_lattice(s)
-        assert 2 * margin < overlap < s
+        lattice = TileLattice.for_tile_size(s)
+        assert 2 * lattice.margin_px < lattice.overlap_px < s
+    assert TileLattice.for_tile_size(480, overlap_px=96, margin_px=8) == TileLattice(480, 96, 8)
 
 
 def test_thumbnails_tile_the_overview_exactly():

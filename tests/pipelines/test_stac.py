@@ -8,20 +8,10 @@ from pathlib import Path
 
 import pystac
 import pytest
-import shapely.geometry
 
 from pipelines.errors import CatalogError, NoItemsError
-from pipelines.stac import (
-    bbox_area_km2,
-    deduplicate,
-    freeze_items,
-    load_catalog,
-    load_items,
-    parse_datetime_range,
-    search_items,
-    sort_items,
-    validate_bbox,
-)
+from pipelines.stac import bbox_area_km2, check_source, item_summary, search_items, validate_bbox
+from pipelines.stac_files import freeze_items, load_catalog
 from tests.fixtures.servers import free_port
 
 S2_FILE = "sentinel2_c1_l2a_earthsearch_items.json"
@@ -119,46 +109,6 @@ def test_catalog_files_give_same_result_as_api(shared_data, tmp_path, s2_items_s
     assert len(api) == 4
 
 
-def test_freeze_round_trip_keeps_items_and_order(shared_data, tmp_path):
-    items = load_catalog(str(shared_data / "stac" / S2_FILE))
-    ordered = sort_items(items)
-    uri = str(tmp_path / "inputs" / "items.parquet")
-    freeze_items(ordered, uri)
-    back = load_items(uri)
-    assert [it.id for it in back] == [it.id for it in ordered]
-    a, b = ordered[0].to_dict(transform_hrefs=False), back[0].to_dict(transform_hrefs=False)
-    assert a["assets"]["red"]["raster:bands"] == b["assets"]["red"]["raster:bands"]
-    assert a["assets"]["visual"]["href"] == b["assets"]["visual"]["href"]
-    assert shapely.geometry.shape(a["geometry"]).equals_exact(shapely.geometry.shape(b["geometry"]), 1e-12)
-    assert a["properties"]["eo:cloud_cover"] == b["properties"]["eo:cloud_cover"]
-
-
-def test_ordering_total_and_prefer_recent(shared_data):
-    items = load_catalog(str(shared_data / "stac" / S2_FILE))
-    by_cloud = sort_items(items)
-    clouded = [it for it in by_cloud if "eo:cloud_cover" in it.properties]
-    assert [it.properties["eo:cloud_cover"] for it in clouded] == sorted(
-        it.properties["eo:cloud_cover"] for it in clouded
-    )
-    assert by_cloud[-1].properties.get("eo:cloud_cover") is None  # missing cloud sorts last
-    recent = sort_items(items, prefer="recent")
-    dates = [it.datetime for it in recent]
-    assert dates == sorted(dates, reverse=True)
-    assert sort_items(list(reversed(items))) == by_cloud  # total order: input order does not matter
-
-
-def test_deduplicate_ids_and_reprocessed_copies(shared_data):
-    items = load_catalog(str(shared_data / "stac" / S2_FILE))
-    base = items[1]
-    twin = base.clone()
-    old = base.clone()
-    old.id = base.id.replace("_L2A", "_L2A_OLD")
-    old.properties["s2:processing_baseline"] = "05.00"
-    old.properties["s2:datatake_id"] = base.properties["s2:datatake_id"].replace("N05.11", "N05.00")
-    kept = deduplicate([old, base, twin])
-    assert [it.id for it in kept] == [base.id]
-
-
 def test_validate_bbox_errors():
     assert validate_bbox([1, 2, 3, 4]) == (1.0, 2.0, 3.0, 4.0)
     with pytest.raises(ValueError, match="south 5.0 is not below north 4.0"):
@@ -174,18 +124,6 @@ def test_validate_bbox_errors():
     with pytest.raises(ValueError, match="exceeds the limit"):
         validate_bbox((0, 0, 10, 10), max_area_km2=1000)
     assert bbox_area_km2((0, 0, 1, 1)) == pytest.approx(12308, rel=0.01)
-
-
-def test_datetime_parsing():
-    rng = parse_datetime_range("2025-07")
-    assert rng.start.isoformat() == "2025-07-01T00:00:00+00:00"
-    assert rng.end.isoformat() == "2025-07-31T23:59:59.999999+00:00"
-    open_end = parse_datetime_range("2025-07-01/..")
-    assert open_end.end is None
-    with pytest.raises(ValueError, match="starts after it ends"):
-        parse_datetime_range("2025-08-01/2025-07-01")
-    with pytest.raises(ValueError, match="ISO 8601"):
-        parse_datetime_range("July")
 
 
 def test_unreachable_api_is_a_clear_error():
@@ -245,14 +183,31 @@ def test_required_assets_predicate_drops_items_without_rgb(shared_data):
     assert len(kept) == 5 and all(has_rgb_source(it) for it in kept)
 
 
-def test_relative_asset_hrefs_resolve_against_the_catalog(tmp_path, shared_data):
-    feature = _features(shared_data)[3]
-    feature["assets"] = {"visual": dict(feature["assets"]["visual"], href="cogs/tile.tif")}
-    (tmp_path / "cat").mkdir()
-    path = tmp_path / "cat" / "items.json"
-    path.write_text(json.dumps({"type": "FeatureCollection", "features": [feature]}))
-    (item,) = load_catalog(str(path))
-    assert item.assets["visual"].href == str(tmp_path / "cat" / "cogs" / "tile.tif")
-    frozen = str(tmp_path / "out" / "items.parquet")
-    freeze_items([item], frozen)
-    assert load_items(frozen)[0].assets["visual"].href == str(tmp_path / "cat" / "cogs" / "tile.tif")
+def test_check_source_wants_exactly_one_of_api_and_catalog():
+    check_source("http://127.0.0.1:1", None)
+    check_source(None, "items.json")
+    for stac_url, catalog in ((None, None), ("http://127.0.0.1:1", "items.json")):
+        with pytest.raises(ValueError, match="give exactly one of --stac-url URL or --catalog FILE"):
+            check_source(stac_url, catalog)
+
+
+def test_item_summary_short_and_full(shared_data):
+    item = load_catalog(str(shared_data / "stac" / S2_FILE))[3]
+    item.remove_links("root")  # a root link would be resolved (over the network) to make hrefs absolute
+    assert item.get_single_link("self") is not None
+    props = item.properties
+    short = item_summary(item)
+    assert short == {
+        "id": item.id,
+        "collection": item.collection_id,
+        "datetime": props.get("datetime") or props.get("start_datetime"),
+        "cloud_cover": props.get("eo:cloud_cover"),
+    }
+    full = item_summary(item, full=True)
+    assert list(full) == ["id", "collection", "datetime", "cloud_cover", "self_href", "asset_hrefs"]
+    assert {k: full[k] for k in short} == short
+    assert list(full["asset_hrefs"]) == sorted(item.assets)
+    assert full["asset_hrefs"]["visual"] == item.assets["visual"].href
+    assert full["self_href"] == item.get_single_link("self").href
+    item.remove_links("self")
+    assert item_summary(item, full=True)["self_href"] is None

@@ -15,7 +15,9 @@ from affine import Affine
 from pyproj import Transformer
 
 from pipelines import webmap
-from pipelines.webmap import find_external_references, map_imagery, query_color, write_map
+from pipelines.map_overlay import MapImagery, map_imagery
+from pipelines.palette import query_color
+from pipelines.webmap import find_external_references, write_map
 from tests.fixtures.browser import color_mask, dump_dom, save_artifact, screenshot
 
 ASSETS = Path(webmap.__file__).parent / "assets"
@@ -53,7 +55,7 @@ def _polygons(boxes: dict[str, list[tuple[float, float, float, float]]]) -> gpd.
     return gpd.GeoDataFrame(rows, geometry="geometry", crs=UTM)
 
 
-def _imagery() -> webmap.MapImagery:
+def _imagery() -> MapImagery:
     rgb = np.empty((1000, 1000, 3), dtype=np.uint8)
     rgb[...] = IMAGERY_RGB
     return map_imagery(rgb, UTM, TRANSFORM, max_side_px=600)
@@ -188,33 +190,6 @@ def test_write_map_rejects_bad_input(tmp_path):
         write_map(tmp_path / "a.html", polygons.set_crs(None, allow_override=True), None, QUERIES)
     with pytest.raises(ValueError, match="max_per_query"):
         write_map(tmp_path / "a.html", polygons, None, QUERIES, max_per_query=0)
-
-
-def test_map_imagery_warps_onto_web_mercator():
-    rgb = np.zeros((1000, 1000, 3), dtype=np.uint8)
-    rgb[200:300, 600:700] = (255, 0, 0)
-    valid = np.ones((1000, 1000), dtype=bool)
-    valid[:, :100] = False
-    overlay = map_imagery(rgb, UTM, TRANSFORM, valid=valid, max_side_px=500)
-    height, width = overlay.rgba.shape[:2]
-    assert max(height, width) == 500 and overlay.rgba.shape[2] == 4
-    minx, miny, maxx, maxy = overlay.bounds_lonlat
-    to_merc = Transformer.from_crs("EPSG:4326", "EPSG:3857", always_xy=True)
-    utm_to_merc = Transformer.from_crs(UTM, "EPSG:3857", always_xy=True)
-    (mx0, mx1), (my0, my1) = to_merc.transform([minx, maxx], [miny, maxy])
-    # The red square's centre (pixel 650, 250) lands on the overlay pixel that Leaflet's linear stretch gives.
-    cx, cy = utm_to_merc.transform(*(TRANSFORM @ (650, 250)))
-    col = int((cx - mx0) / (mx1 - mx0) * width)
-    row = int((my1 - cy) / (my1 - my0) * height)
-    assert tuple(overlay.rgba[row, col]) == (255, 0, 0, 255)
-    # Invalid source pixels (the left 100 columns) are transparent, valid ones opaque.
-    lx, ly = utm_to_merc.transform(*(TRANSFORM @ (50, 500)))
-    rx, ry = utm_to_merc.transform(*(TRANSFORM @ (500, 500)))
-    to_px = lambda x, y: (int((my1 - y) / (my1 - my0) * height), int((x - mx0) / (mx1 - mx0) * width))  # noqa: E731
-    assert overlay.rgba[to_px(lx, ly)][3] == 0
-    assert overlay.rgba[to_px(rx, ry)][3] == 255
-    with pytest.raises(ValueError, match="uint8"):
-        map_imagery(rgb.astype(np.float32), UTM, TRANSFORM)
 
 
 def test_map_renders_offline_in_chromium(tmp_path):

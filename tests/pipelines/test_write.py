@@ -15,11 +15,13 @@ from pyproj import CRS as ProjCRS
 from rasterio.crs import CRS
 from rasterio.warp import transform_bounds
 
-from pipelines import storage
+from common import storage
 from pipelines.blend import Blender, TileLattice, cut_tiles, tile_windows
+from pipelines.geoparquet import geo_metadata
 from pipelines.grid import ChunkSpec, OutputGrid, choose_grid, plan_chunks
+from pipelines.merge_polygons import merge_parts
+from pipelines.polygonize import vectorize_chunk, write_part
 from pipelines.read import read_chunk
-from pipelines.vector import geo_metadata, merge_parts, vectorize_chunk, write_part
 from pipelines.write import create_zarr_template, open_masks, write_zarr_chunk
 from tests.fixtures.cogs import make_item, write_painted_cog
 
@@ -220,7 +222,7 @@ def test_object_storage_inputs_and_outputs(s3_server, cog_server, tmp_path):
     """COG read through /vsis3/, Zarr, parts, polygons and frozen items written to s3:// (moto on loopback)."""
     import io
 
-    from pipelines.stac import freeze_items, load_items
+    from pipelines.stac_files import freeze_items, load_items
 
     local = write_painted_cog(cog_server.root / "sq.tif", "EPSG:32633", UTM_ORIGIN, (400, 400), UTM_SQUARES)
     s3_server.client().put_object(Bucket=s3_server.bucket, Key="cogs/sq.tif", Body=local.read_bytes())

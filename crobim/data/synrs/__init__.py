@@ -4,15 +4,11 @@ Needs only numpy, scipy and PIL.
 """
 
 from crobim.data.synrs.dataset import SynRS
-from crobim.data.synrs.expressions import (
-    TEMPLATE_NAMES,
-    Expression,
-    SceneRelations,
-    make_expressions,
-    template_probabilities,
-)
+from crobim.data.synrs.expressions import make_expressions
+from crobim.data.synrs.relations import SceneRelations
 from crobim.data.synrs.render import render_scene
-from crobim.data.synrs.scene import CLASSES, GENERATOR_VERSION, Instance, SceneGraph, SynRSParams
+from crobim.data.synrs.scene import CLASSES, GENERATOR_VERSION, Expression, Instance, SceneGraph, SynRSParams
+from crobim.data.synrs.templates import TEMPLATE_NAMES, template_probabilities
 from crobim.data.synrs.writer import SPLITS, generate_split, scene_rng, write_dataset
 
 __all__ = [

@@ -1,14 +1,23 @@
-"""SynRS scene graph and generator parameters (DATA_AND_EVAL.md §9)."""
+"""SynRS data types: scene graph, referring expression and generator parameters (DATA_AND_EVAL.md §9)."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
-__all__ = ["CLASSES", "GENERATOR_VERSION", "PLURALS", "Instance", "SceneGraph", "SynRSParams"]
+__all__ = [
+    "CLASSES",
+    "GENERATOR_VERSION",
+    "PLURALS",
+    "Expression",
+    "ExpressionKind",
+    "Instance",
+    "SceneGraph",
+    "SynRSParams",
+]
 
 #: Bumped whenever the same seed would produce different bytes.
 GENERATOR_VERSION = "synrs-1.2"
@@ -16,6 +25,9 @@ GENERATOR_VERSION = "synrs-1.2"
 #: Classes in draw order (later classes are drawn over earlier ones).
 CLASSES: tuple[str, ...] = ("field", "river", "road", "parking lot", "pond", "building", "tree")
 PLURALS: dict[str, str] = {c: c + "s" for c in CLASSES}
+
+#: Expression types: one referent, two or more, or none.
+ExpressionKind = Literal["single", "multi", "none"]
 
 
 @dataclass(frozen=True)
@@ -138,3 +150,24 @@ class SceneGraph:
         if not ids:
             return np.zeros(self.shape, dtype=bool)
         return np.isin(self.labels, np.fromiter(ids, dtype=np.int32))
+
+
+@dataclass(frozen=True)
+class Expression:
+    """One expression with its verified referents.
+
+    Attributes:
+        text: Lowercase expression.
+        referents: Instance ids of the target set (empty for no-target).
+        kind: ``"single"``, ``"multi"`` or ``"none"``.
+        template: Template name.
+        target_class: Class the expression is about.
+        ref_class: Class of the reference object, if any.
+    """
+
+    text: str
+    referents: tuple[int, ...]
+    kind: ExpressionKind
+    template: str
+    target_class: str
+    ref_class: str | None = None

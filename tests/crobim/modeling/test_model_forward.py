@@ -251,3 +251,23 @@ def test_forward_with_pair_index_encodes_each_image_once(tiny_model):
         shared = pwam(images, **tokens, pair_index=pair_index)
         repeated = pwam(images.index_select(0, pair_index), **tokens)
     torch.testing.assert_close(shared.logits, repeated.logits, atol=1e-5, rtol=0)
+
+
+def test_one_tokenizer_for_the_model_and_data_loading(tiny_model):
+    """``CroBIM.tokenize`` and the numpy path of data loading are the same function: identical ids."""
+    from crobim.transforms import tokenize
+
+    texts = ["the pond", "a very long description " * 10]
+    max_len = tiny_model.config.text.max_len
+    as_torch = tokenize(tiny_model.tokenizer, texts, max_len=max_len, return_tensors="pt")
+    as_numpy = tokenize(tiny_model.tokenizer, texts, max_len=max_len, return_tensors="np")
+    from_model = tiny_model.tokenize(texts)
+    for key in ("input_ids", "attention_mask"):
+        assert as_torch[key].dtype == torch.long and as_numpy[key].dtype == np.int64
+        assert as_torch[key].shape == (2, max_len)
+        assert torch.equal(as_torch[key], torch.from_numpy(as_numpy[key]))
+        assert torch.equal(from_model[key].cpu(), as_torch[key])
+    single = tokenize(tiny_model.tokenizer, "the pond", max_len=max_len)
+    assert torch.equal(single["input_ids"], as_torch["input_ids"][:1])
+    with pytest.raises(ValueError, match="return_tensors"):
+        tokenize(tiny_model.tokenizer, texts, max_len=max_len, return_tensors="tf")

@@ -10,9 +10,9 @@ import torch
 from crobim.training.checkpoint import (
     CHECKPOINT_FILES,
     TrainerState,
-    load_checkpoint,
+    load_training_state,
     read_trainer_state,
-    save_checkpoint,
+    save_training_state,
 )
 
 
@@ -45,7 +45,7 @@ def test_round_trip_continues_identically(tmp_path):
     for _ in range(3):
         _step(model, opt, sched, x)
     state = TrainerState(epochs_done=3, global_step=3, history=[{"epoch": 1.0, "loss": 0.5}])
-    save_checkpoint(
+    save_training_state(
         tmp_path / "ck", model=model, model_config_json="{}", optimizer=opt, scheduler=sched, state=state
     )
     assert sorted(p.name for p in (tmp_path / "ck").iterdir()) == sorted(CHECKPOINT_FILES)
@@ -56,7 +56,7 @@ def test_round_trip_continues_identically(tmp_path):
     expected_rng = (random.random(), np.random.rand(), torch.rand(1).item())
     ref = [_step(model, opt, sched, x) for _ in range(3)]
     model2, opt2, sched2 = _setup(1)
-    loaded = load_checkpoint(tmp_path / "ck", model=model2, optimizer=opt2, scheduler=sched2)
+    loaded = load_training_state(tmp_path / "ck", model=model2, optimizer=opt2, scheduler=sched2)
     assert loaded.epochs_done == 3 and loaded.global_step == 3 and loaded.history == state.history
     assert sched2.last_epoch == 3
     got = [_step(model2, opt2, sched2, x) for _ in range(3)]
@@ -70,7 +70,7 @@ def test_rng_states_round_trip(tmp_path):
     random.seed(1)
     np.random.seed(2)
     torch.manual_seed(3)
-    save_checkpoint(
+    save_training_state(
         tmp_path / "ck",
         model=model,
         model_config_json="{}",
@@ -82,14 +82,14 @@ def test_rng_states_round_trip(tmp_path):
     random.seed(9)
     np.random.seed(9)
     torch.manual_seed(9)
-    load_checkpoint(tmp_path / "ck", model=model)
+    load_training_state(tmp_path / "ck", model=model)
     assert (random.random(), float(np.random.rand()), torch.rand(1).item()) == expected
 
 
 def test_no_pickle_in_checkpoint(tmp_path):
     model, opt, sched = _setup(0)
     _step(model, opt, sched, torch.randn(2, 4))
-    out = save_checkpoint(
+    out = save_training_state(
         tmp_path / "ck",
         model=model,
         model_config_json="{}",
@@ -106,7 +106,7 @@ def test_no_pickle_in_checkpoint(tmp_path):
 
 def test_incomplete_folder_is_refused(tmp_path):
     model, opt, sched = _setup(0)
-    out = save_checkpoint(
+    out = save_training_state(
         tmp_path / "ck",
         model=model,
         model_config_json="{}",

@@ -145,7 +145,7 @@ def test_epoch_indices_grouped_by_image():
 
 def test_forward_batch_encodes_each_image_once(synrs_root):
     import crobim
-    from crobim.training.data import forward_batch
+    from crobim.scoring import forward_batch
 
     data = DataSettings(dataset="synrs", root=str(synrs_root))
     model_cfg = build_model_config(TrainConfig(data=data, model_overrides={"input.size": [64, 64]}))

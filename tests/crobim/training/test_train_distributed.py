@@ -143,10 +143,10 @@ def test_resume_starts_at_the_next_epoch_and_exports_best(ray_local, synrs_root,
     assert second.epochs_done == 2 and [h["epoch"] for h in second.history] == [1.0, 2.0]
     assert second.history[0] == first.history[0]  # epoch 1 was not re-run
     assert second.global_step == 2 * first.global_step
-    # Export: best/ loads with from_pretrained; metrics.csv and the curve sit beside it.
-    from crobim import CroBIM
+    # Export: best/ loads with load_model; metrics.csv and the curve sit beside it.
+    from crobim import load_model
 
-    model = CroBIM.from_pretrained(second.best_uri)
+    model = load_model(second.best_uri)
     assert model.config.input.size == (64, 64)
     run_dir = tmp_path / "resume"
     lines = (run_dir / "metrics.csv").read_text().splitlines()
@@ -252,13 +252,13 @@ def test_init_weights_is_resolved_on_the_driver_and_checked(
 ):
     """Workers do not share the driver's working directory: a relative init_weights becomes absolute, and a
     folder without a checkpoint fails before any worker starts."""
-    from crobim import build_model
+    from crobim import build_model, save_model
     from crobim.errors import CheckpointError
     from crobim.training.config import build_model_config
     from crobim.training.trainer import build_trainer
 
     cfg = _config(synrs_root, text_dir, tmp_path / "runs", "init")
-    build_model(build_model_config(cfg)).save_pretrained(tmp_path / "start")
+    save_model(build_model(build_model_config(cfg)), tmp_path / "start")
     monkeypatch.chdir(tmp_path)
     raw = cfg.to_dict() | {"init_weights": "start"}
     trainer = build_trainer(type(cfg).from_dict(raw))

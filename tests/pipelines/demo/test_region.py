@@ -6,7 +6,7 @@ import rasterio
 from rasterio import features
 from scipy import ndimage
 
-from pipelines.synthetic_region import REGION_QUERIES, make_region
+from pipelines.demo.region import REGION_QUERIES, make_region
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +39,7 @@ def test_stac_item_collection(region):
     assert 13 < west < east < 16 and 45 < south < north < 47  # UTM 33N near 15 E, 46 N
     assert item["assets"]["visual"]["href"] == str(region.cog_paths[0])
     assert "visual" in item["assets"]["visual"]["roles"]
-    from pipelines.stac import load_catalog
+    from pipelines.stac_files import load_catalog
 
     items = load_catalog(str(region.catalog_path))
     assert items[0].id == item["id"]

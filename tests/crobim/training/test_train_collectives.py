@@ -16,7 +16,7 @@ def _free_port() -> int:
 
 
 def _worker(rank: int, port: int, out: str) -> None:
-    from crobim.training.loop import broadcast_buffers
+    from crobim.training.collectives import broadcast_buffers
 
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
     try:
@@ -44,7 +44,7 @@ def test_broadcast_buffers_copies_rank0_statistics(tmp_path):
 
 
 def test_broadcast_buffers_without_a_process_group_is_a_no_op():
-    from crobim.training.loop import broadcast_buffers
+    from crobim.training.collectives import broadcast_buffers
 
     bn = torch.nn.BatchNorm1d(3)
     bn(torch.randn(6, 3))

@@ -1,22 +1,9 @@
-"""The offline quickstart (``jobs/infer_region.py --demo``): demo region, catalog, model, queries and truth report.
-
-The demo region is a large georeferenced SynRS mosaic (``pipelines.synthetic_region``: COGs in UTM 33N, a STAC
-ItemCollection, a truth GeoParquet) generated on first use and cached under
-``$CROBIM_GEO_CACHE/demo/<version>/`` (default ``~/.cache/crobim-geo``). The job reads its catalog through the real
-file-catalog path of ``pipelines.stac``, runs the shipped demo model (``assets/demo-model/``), and this module scores
-the resulting polygons against the truth layer (``demo_report.json``).
-"""
+"""The demo report: precision and recall of a region job's polygons against the demo region's true objects."""
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
-import fcntl
-import logging
-import os
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
-from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 import geopandas as gpd
@@ -24,173 +11,12 @@ import numpy as np
 import shapely
 from shapely.strtree import STRtree
 
-from pipelines import storage
+from common import storage
+from pipelines.demo.setup import TRUTH_RULES, DemoSetup
 
-__all__ = [
-    "DEMO_QUERIES",
-    "DEMO_REGION",
-    "DEMO_VERSION",
-    "DemoSetup",
-    "apply_demo",
-    "cache_root",
-    "demo_model_path",
-    "format_demo_report",
-    "prepare_demo",
-    "score_polygons",
-    "write_demo_report",
-]
-
-logger = logging.getLogger(__name__)
-
-#: Bump when the demo region recipe changes (the cache folder is per version).
-DEMO_VERSION = "1"
-
-#: The demo region: arguments of ``pipelines.synthetic_region.make_region``. 3 km x 3 km, a 2 x 2 grid of items
-#: (a mosaic for the reader), 2 m pixels in UTM 33N; ``unit_px`` is the SynRS scene side the demo model was
-#: trained at (``configs/synrs-learning.yaml``: 96 px), so objects have the sizes it knows.
-DEMO_REGION: dict[str, Any] = {
-    "seed": 2024,
-    "size_px": 1536,
-    "gsd_m": 2.0,
-    "crs": "EPSG:32633",
-    "origin": (500_000.0, 5_000_000.0),
-    "n_items": (2, 2),
-    "unit_px": 96,
-}
-
-#: Default demo queries. The first is the headline of the report; each has a truth rule in ``_TRUTH_RULES``.
-DEMO_QUERIES: tuple[str, ...] = ("all ponds near roads", "all ponds", "all buildings")
-
-#: Query -> (truth column, None) or (None, class): which true objects answer it.
-_TRUTH_RULES: dict[str, tuple[str | None, str | None]] = {
-    "all ponds near roads": ("pond_near_road", None),
-    "all buildings near roads": ("building_near_road", None),
-    "all buildings near the river": ("building_near_river", None),
-    "all trees near ponds": ("tree_near_pond", None),
-    "all ponds": (None, "pond"),
-    "all buildings": (None, "building"),
-    "all trees": (None, "tree"),
-    "all fields": (None, "field"),
-    "all roads": (None, "road"),
-}
+__all__ = ["format_demo_report", "score_polygons", "write_demo_report"]
 
 _REPORT = "demo_report.json"
-_DEFAULT_OUT = "out/demo"
-
-
-def cache_root() -> Path:
-    """``$CROBIM_GEO_CACHE`` if set, else ``~/.cache/crobim-geo``."""
-    env = os.environ.get("CROBIM_GEO_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "crobim-geo"
-
-
-def demo_model_path() -> Path:
-    """The demo checkpoint shipped with the repository (``assets/demo-model/``).
-
-    Raises:
-        FileNotFoundError: when the folder or its weights are missing (e.g. an installed wheel, not a clone).
-    """
-    path = Path(__file__).resolve().parents[1] / "assets" / "demo-model"
-    if not (path / "config.json").is_file() and not any(path.glob("*.safetensors")):
-        raise FileNotFoundError(
-            f"demo model not found at {path}: it ships in the repository's assets/demo-model/ (run from a clone), "
-            "or pass --model DIR with a CroBIM checkpoint folder"
-        )
-    return path
-
-
-@dataclass(frozen=True)
-class DemoSetup:
-    """What ``--demo`` runs on: the cached region, its catalog and truth, and the demo model.
-
-    Attributes:
-        region_dir: the cached region folder.
-        catalog: STAC ItemCollection file (local; the job's ``--catalog``).
-        truth: truth GeoParquet (one polygon per object, boolean query columns).
-        bbox: the region's WGS84 bbox (west, south, east, north).
-        info: the region's ``region.json`` (settings, grid, per-query counts).
-    """
-
-    region_dir: Path
-    catalog: Path
-    truth: Path
-    bbox: tuple[float, float, float, float]
-    info: dict[str, Any]
-
-
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    """An exclusive advisory lock on ``path`` (concurrent first uses generate the region once)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def prepare_demo(cache: str | os.PathLike[str] | None = None) -> DemoSetup:
-    """The demo region, generated on first use (about a minute on 2 cores) and reused afterwards.
-
-    Args:
-        cache: cache root (default :func:`cache_root`); the region goes to ``<cache>/demo/<DEMO_VERSION>/``.
-
-    Returns:
-        The demo setup.
-    """
-    from pipelines.synthetic_region import make_region
-
-    root = Path(cache).expanduser() if cache is not None else cache_root()
-    region_dir = root / "demo" / DEMO_VERSION
-    with _locked(root / "demo" / f"{DEMO_VERSION}.lock"):
-        if not (region_dir / "region.json").is_file():
-            logger.info("generating the demo region in %s (first use only; about a minute)", region_dir)
-        try:
-            scene = make_region(region_dir, **DEMO_REGION)
-        except FileExistsError:
-            # A region of an older generator version in our own cache folder: regenerate it.
-            logger.info("demo region in %s was made with other settings; regenerating it", region_dir)
-            scene = make_region(region_dir, **DEMO_REGION, overwrite=True)
-    west, south, east, north = (float(v) for v in scene.bbox_wgs84)
-    return DemoSetup(
-        region_dir=scene.out_dir,
-        catalog=scene.catalog_path,
-        truth=scene.truth_path,
-        bbox=(west, south, east, north),
-        info=scene.info,
-    )
-
-
-def apply_demo(args: Any, cache: str | os.PathLike[str] | None = None) -> DemoSetup:  # noqa: ANN401
-    """Fill the region job's unset arguments with the demo's (``--demo``); the user's own flags win.
-
-    Sets ``catalog`` (unless ``stac_url`` or ``catalog`` is given), ``bbox``, ``model``, ``query``, ``out``
-    (``out/demo``), ``torch_threads`` (the machine's cores, at most 8) and ``html``.
-
-    Args:
-        args: the parsed ``jobs/infer_region.py`` arguments (an ``argparse.Namespace``), changed in place.
-        cache: cache root (default :func:`cache_root`).
-
-    Returns:
-        The demo setup, for :func:`write_demo_report`.
-    """
-    setup = prepare_demo(cache)
-    if args.stac_url is None and args.catalog is None:
-        args.catalog = str(setup.catalog)
-    if args.bbox is None:
-        args.bbox = list(setup.bbox)
-    if args.model is None:
-        args.model = str(demo_model_path())
-    if not args.query:
-        args.query = list(DEMO_QUERIES)
-    if args.out is None:
-        args.out = _DEFAULT_OUT
-    if getattr(args, "torch_threads", None) is None:
-        # One inference actor on a small machine: let torch use its cores (reads are short and few).
-        args.torch_threads = max(1, min(os.cpu_count() or 1, 8))
-    args.html = True
-    return setup
 
 
 def _clean(gdf: gpd.GeoDataFrame, crs: Any) -> list[shapely.Geometry]:
@@ -318,7 +144,7 @@ def score_polygons(
 
 
 def _truth_for(truth: gpd.GeoDataFrame, query: str) -> gpd.GeoDataFrame | None:
-    rule = _TRUTH_RULES.get(" ".join(query.lower().split()))
+    rule = TRUTH_RULES.get(" ".join(query.lower().split()))
     if rule is None:
         return None
     column, cls = rule
@@ -346,7 +172,7 @@ def write_demo_report(
 
     Args:
         out: the region job's output folder (local or s3:// / gs://).
-        setup: from :func:`prepare_demo` / :func:`apply_demo`.
+        setup: from :func:`pipelines.demo.setup.prepare_demo`.
         queries: the job's queries; those with a truth rule are scored (see :func:`score_polygons`).
         bbox: the job's WGS84 bbox; the truth is clipped to it (default: the whole region).
 
@@ -403,7 +229,7 @@ def write_demo_report(
             "objects_covered": "a predicted polygon is correct if >= 50% of its area lies on true objects; a true "
             "object is found if >= 50% of its area is covered by predictions; precision = correct/predicted, "
             "recall = found/true",
-            "truth": "pipelines.synthetic_region: one polygon per object; 'near' = SynRS rule (pixel-set distance "
+            "truth": "pipelines.demo.region: one polygon per object; 'near' = SynRS rule (pixel-set distance "
             "<= 0.06 x scene unit)",
         },
         "queries": scored,

@@ -1,4 +1,4 @@
-"""pipelines.storage on the local filesystem and on a real S3-compatible server (moto) on loopback."""
+"""common.storage on the local filesystem and on a real S3-compatible server (moto) on loopback."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipelines import storage
+from common import storage, storage_adapters
 
 
 @pytest.fixture(params=["local", "s3"])
@@ -99,8 +99,8 @@ def test_local_paths_never_import_object_store_packages(tmp_path, monkeypatch: p
     assert storage.listdir(str(tmp_path / "x")) == ["y.json"]
     fs, path = storage.get_fs(f"file://{uri}")
     assert fs.protocol[0] == "file" and path == uri
-    storage.zarr_store(str(tmp_path / "z.zarr"))
-    storage.arrow_fs(str(tmp_path))
+    storage_adapters.zarr_store(str(tmp_path / "z.zarr"))
+    storage_adapters.arrow_fs(str(tmp_path))
 
 
 def test_join_and_is_remote() -> None:
@@ -124,12 +124,12 @@ def test_zarr_store_round_trip(root: str) -> None:
     import zarr
 
     uri = storage.join(root, "masks.zarr")
-    group = zarr.open_group(storage.zarr_store(uri), mode="w")
+    group = zarr.open_group(storage_adapters.zarr_store(uri), mode="w")
     prob = group.create_array("prob", shape=(2, 64, 64), chunks=(1, 32, 32), dtype="uint8", fill_value=0)
     data = np.arange(2 * 64 * 64, dtype=np.uint8).reshape(2, 64, 64)
     prob[:, 32:, :32] = data[:, 32:, :32]
     group.attrs["queries"] = ["ponds", "roads"]
-    reopened = zarr.open_group(storage.zarr_store(uri, read_only=True), mode="r")
+    reopened = zarr.open_group(storage_adapters.zarr_store(uri, read_only=True), mode="r")
     np.testing.assert_array_equal(reopened["prob"][:, 32:, :32], data[:, 32:, :32])
     assert int(reopened["prob"][:, :32].max()) == 0
     assert reopened.attrs["queries"] == ["ponds", "roads"]
@@ -139,7 +139,7 @@ def test_zarr_store_round_trip(root: str) -> None:
 
 
 def test_arrow_fs_parquet_round_trip(root: str) -> None:
-    fs, path = storage.arrow_fs(storage.join(root, "polygons.parquet"))
+    fs, path = storage_adapters.arrow_fs(storage.join(root, "polygons.parquet"))
     table = pa.table({"polygon_id": ["a", "b"], "score_mean": [0.5, 0.75]})
     parent = path.rsplit("/", 1)[0]
     fs.create_dir(parent)
@@ -155,20 +155,20 @@ def test_upload_download_dir(root: str, tmp_path) -> None:
     (src / "model").mkdir(parents=True)
     (src / "model" / "model.safetensors").write_bytes(os.urandom(4096))
     (src / "config.json").write_text('{"preset": "crobim-tiny"}')
-    written = storage.upload_dir(src, storage.join(root, "best"))
+    written = storage_adapters.upload_dir(src, storage.join(root, "best"))
     assert written == [
         storage.join(root, "best", "config.json"),
         storage.join(root, "best", "model", "model.safetensors"),
     ]
     dst = tmp_path / "copy"
-    files = storage.download_dir(storage.join(root, "best"), dst)
+    files = storage_adapters.download_dir(storage.join(root, "best"), dst)
     assert sorted(p.relative_to(dst).as_posix() for p in files) == ["config.json", "model/model.safetensors"]
     for rel in ("config.json", "model/model.safetensors"):
         assert (dst / rel).read_bytes() == (src / rel).read_bytes()
     with pytest.raises(FileNotFoundError, match="no files under it"):
-        storage.download_dir(storage.join(root, "nothing"), tmp_path / "none")
+        storage_adapters.download_dir(storage.join(root, "nothing"), tmp_path / "none")
     with pytest.raises(FileNotFoundError, match="not a folder"):
-        storage.upload_dir(tmp_path / "absent", storage.join(root, "x"))
+        storage_adapters.upload_dir(tmp_path / "absent", storage.join(root, "x"))
 
 
 def test_s3_objects_are_visible_to_other_clients(s3_server) -> None:
@@ -191,7 +191,7 @@ def test_s3_objects_are_visible_to_other_clients(s3_server) -> None:
 def test_local_atomic_write_gives_the_usual_file_mode(tmp_path):
     import os
 
-    from pipelines import storage
+    from common import storage
 
     target = tmp_path / "out.json"
     storage.write_json(str(target), {"a": 1})

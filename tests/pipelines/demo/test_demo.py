@@ -1,8 +1,7 @@
-"""pipelines.demo: truth-based scoring of the demo polygons, demo region cache and catalog."""
+"""pipelines.demo (setup and report) and the job's --demo defaults: truth-based scoring of the demo polygons, demo region cache and catalog."""
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
@@ -10,7 +9,8 @@ import geopandas as gpd
 import pytest
 import shapely
 
-from pipelines.demo import score_polygons
+from pipelines.demo import setup as demo
+from pipelines.demo.report import format_demo_report, score_polygons, write_demo_report
 
 UTM = "EPSG:32633"
 
@@ -76,8 +76,6 @@ def test_score_polygons_empty_sides():
 @pytest.fixture
 def small_demo(monkeypatch, tmp_path):
     """The demo recipe at 384 px (same code path, seconds instead of a minute) in a temporary cache."""
-    from pipelines import demo
-
     monkeypatch.setitem(demo.DEMO_REGION, "size_px", 384)
     monkeypatch.setitem(demo.DEMO_REGION, "unit_px", 128)
     monkeypatch.setenv("CROBIM_GEO_CACHE", str(tmp_path / "cache"))
@@ -85,8 +83,7 @@ def small_demo(monkeypatch, tmp_path):
 
 
 def test_prepare_demo_generates_once_and_reads_through_the_stac_file_catalog(small_demo):
-    from pipelines import demo
-    from pipelines.stac import load_catalog
+    from pipelines.stac_files import load_catalog
 
     setup = demo.prepare_demo()
     assert setup.region_dir == small_demo / "demo" / demo.DEMO_VERSION
@@ -104,50 +101,39 @@ def test_prepare_demo_generates_once_and_reads_through_the_stac_file_catalog(sma
     assert again == setup and (setup.region_dir / "region.json").stat().st_mtime_ns == stamp
 
 
-def test_apply_demo_fills_only_unset_arguments(small_demo, tmp_path):
-    from pipelines import demo
+def test_demo_defaults_fill_only_the_flags_left_out(small_demo, tmp_path):
+    from jobs.infer_region import parse_args
 
-    args = argparse.Namespace(
-        stac_url=None, catalog=None, bbox=None, model=None, query=[], out=None, html=False, torch_threads=None
-    )
-    model_dir = tmp_path / "model"
     try:
         expected_model = str(demo.demo_model_path())
+        model_flag = []
     except FileNotFoundError:
-        expected_model = None
-    if expected_model is None:
-        args.model = str(model_dir)
-    setup = demo.apply_demo(args)
-    assert args.catalog == str(setup.catalog) and args.bbox == list(setup.bbox)
-    assert args.model == (expected_model or str(model_dir))
+        expected_model = str(tmp_path / "model")
+        model_flag = ["--model", expected_model]
+    args, setup = parse_args(["--demo", *model_flag])
+    assert args.catalog == str(setup.catalog) and args.bbox == list(setup.bbox) and args.stac_url is None
+    assert args.model == expected_model
     assert args.query == list(demo.DEMO_QUERIES) and args.out == "out/demo" and args.html is True
     assert args.torch_threads >= 1
-    # The user's own flags win; a STAC API replaces the demo catalog.
-    args = argparse.Namespace(
-        stac_url="http://127.0.0.1:1",
-        catalog=None,
-        bbox=[1, 2, 3, 4],
-        model="m",
-        query=["x"],
-        out="o",
-        html=False,
-        torch_threads=1,
-    )
-    demo.apply_demo(args)
-    assert args.torch_threads == 1
-    assert (args.catalog, args.bbox, args.model, args.query, args.out) == (
+    # The user's own flags win; a STAC API replaces the demo catalog; one --query replaces the demo's queries.
+    argv = ["--demo", "--stac-url", "http://127.0.0.1:1", "--bbox", "1", "2", "3", "4", "--model", "m"]
+    argv += ["--query", "x", "--query", "y", "--out", "o", "--torch-threads", "1"]
+    args, _ = parse_args(argv)
+    assert (args.catalog, args.bbox, args.model, args.query, args.out, args.torch_threads) == (
         None,
-        [1, 2, 3, 4],
+        [1.0, 2.0, 3.0, 4.0],
         "m",
-        ["x"],
+        ["x", "y"],
         "o",
+        1,
     )
+    # Without --demo nothing is filled in.
+    args, setup = parse_args(["--query", "x"])
+    assert setup is None and args.catalog is None and args.bbox is None and args.query == ["x"]
 
 
 def test_demo_report_scores_polygons_against_the_truth(small_demo, tmp_path):
     """A perfect answer scores 1, a shifted one less, and the report lands in the output folder."""
-    from pipelines import demo
-
     setup = demo.prepare_demo()
     truth = gpd.read_parquet(setup.truth)
     near = truth[truth["pond_near_road"]]
@@ -160,9 +146,7 @@ def test_demo_report_scores_polygons_against_the_truth(small_demo, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     gpd.GeoDataFrame(rows, crs=truth.crs).to_crs("EPSG:4326").to_parquet(out / "polygons.parquet")
-    report = demo.write_demo_report(
-        str(out), setup, ["all ponds near roads", "all buildings", "something else"]
-    )
+    report = write_demo_report(str(out), setup, ["all ponds near roads", "all buildings", "something else"])
     assert json.loads((out / "demo_report.json").read_text()) == report
     headline = report["queries"]["all ponds near roads"]
     assert headline["n_true"] == len(near)
@@ -172,5 +156,5 @@ def test_demo_report_scores_polygons_against_the_truth(small_demo, tmp_path):
     assert headline["predicted_area_share_on_ponds_not_near_roads"] == pytest.approx(0.0, abs=1e-9)
     assert report["queries"]["all buildings"]["area"]["precision"] == pytest.approx(0.0)
     assert report["unscored_queries"] == ["something else"]
-    text = demo.format_demo_report(report)
+    text = format_demo_report(report)
     assert "'all ponds near roads'" in text and "precision 100.0%, recall 100.0%" in text

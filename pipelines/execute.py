@@ -1,0 +1,129 @@
+"""The chunk pipeline on Ray Data (PIPELINE.md §3): read tasks -> inference actor pool -> region datasink.
+
+One chunk per block: CPU read tasks (``read_stage``), an actor pool that loads the model once per actor
+(``PredictorActor``) and a custom ``Datasink`` whose done marker is the last write of each chunk. A crashed actor is
+restarted and its chunk retried by Ray Data (its defaults); the datasink's markers make the retry idempotent.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import time
+from collections.abc import Iterator
+from dataclasses import asdict
+from typing import Any
+
+from common import storage
+from pipelines.grid import ChunkSpec
+from pipelines.plan import RegionPlan
+
+__all__ = ["execute_chunks", "ray_runtime"]
+
+#: Object store budget of the pipeline's in-flight blocks (imagery and probabilities of a few chunks).
+_OBJECT_STORE_BYTES = 2 * 1024**3
+
+
+@contextlib.contextmanager
+def ray_runtime(address: str | None) -> Iterator[None]:
+    """Connect to ``address`` or start a local runtime unless Ray is already up; shut down what was started here."""
+    import ray
+
+    if ray.is_initialized():
+        yield
+        return
+    ray.init(
+        address=address,
+        runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}},
+        log_to_driver=True,
+    )
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+@contextlib.contextmanager
+def _data_context(progress: bool) -> Iterator[None]:
+    """Ray Data settings of a region run, restored afterwards (the driver may run other datasets)."""
+    from ray.data import DataContext, ExecutionResources
+
+    ctx = DataContext.get_current()
+    opts = ctx.execution_options
+    saved = (opts.preserve_order, ctx.wait_for_min_actors_s, ctx.enable_progress_bars, opts.resource_limits)
+    opts.preserve_order = False  # writes are keyed by chunk id
+    ctx.wait_for_min_actors_s = 1800  # model loads may be slow (ray-project/ray#40604)
+    ctx.enable_progress_bars = progress
+    opts.resource_limits = ExecutionResources.for_limits(object_store_memory=_OBJECT_STORE_BYTES)
+    try:
+        yield
+    finally:
+        opts.preserve_order, ctx.wait_for_min_actors_s, ctx.enable_progress_bars, opts.resource_limits = saved
+
+
+def _rows(plan: RegionPlan, todo: list[ChunkSpec]) -> list[dict[str, str]]:
+    """One row per chunk: its spec and the tile windows the plan gave it (JSON)."""
+    return [
+        {
+            "chunk": json.dumps(ch.to_dict(), sort_keys=True),
+            "windows": json.dumps([asdict(w) for w in plan.tiles[ch.chunk_id]]),
+        }
+        for ch in todo
+    ]
+
+
+def _actor_kwargs(plan: RegionPlan, thumb_step: int) -> dict[str, Any]:
+    c = plan.config
+    return {
+        "model": c.model,
+        "model_sha256": plan.model.sha256,
+        "queries": list(c.queries),
+        "lattice": asdict(plan.lattice),
+        "blend": c.blend,
+        "batch_size": c.batch_size,
+        "thumb_step": thumb_step,
+        "threshold": c.threshold,
+        "torch_threads": c.torch_threads or max(1, round(c.cpus_per_actor)),
+        "device": "cuda" if c.gpus_per_actor > 0 else "cpu",
+    }
+
+
+def execute_chunks(plan: RegionPlan, todo: list[ChunkSpec], thumb_step: int) -> float:
+    """Run the Ray Data pipeline over ``todo`` chunks (Ray must be up); returns its wall time in seconds."""
+    import ray
+    from ray.data import ActorPoolStrategy
+
+    from pipelines.region_stages import PredictorActor, RegionDatasink, read_stage
+
+    c = plan.config
+    min_area_px = int(math.floor(c.min_area_m2 / plan.pixel_area_m2)) if c.min_area_m2 > 0 else 0
+    read_kwargs = {
+        "grid": plan.grid.to_dict(),
+        "items_uri": storage.join(c.out, "inputs", "items.parquet"),
+        "radiometry": plan.radiometry.to_dict(),
+        "attempts": c.read_attempts,
+        "backoff_s": c.read_backoff_s,
+    }
+    start = time.perf_counter()
+    with _data_context(c.progress):
+        rows = _rows(plan, todo)
+        ds: Any = ray.data.from_items(rows, override_num_blocks=len(rows))  # one chunk per block
+        ds = ds.map_batches(
+            read_stage, batch_size=1, batch_format="numpy", num_cpus=c.read_cpus, fn_kwargs=read_kwargs
+        )
+        ds = ds.map_batches(
+            PredictorActor,
+            batch_size=1,
+            batch_format="numpy",
+            zero_copy_batch=True,
+            compute=ActorPoolStrategy(min_size=1, max_size=c.actors, max_tasks_in_flight_per_actor=2),
+            fn_constructor_kwargs=_actor_kwargs(plan, thumb_step),
+            num_cpus=c.cpus_per_actor,
+            # num_gpus=0 would still be a GPU request (ray-project/ray#45201): CPU runs pass None.
+            num_gpus=c.gpus_per_actor or None,
+            resources={c.inference_resource: 1} if c.inference_resource else None,
+        )
+        sink = RegionDatasink(c.out, plan.grid.to_dict(), list(c.queries), c.threshold, min_area_px)
+        ds.write_datasink(sink, ray_remote_args={"num_cpus": c.write_cpus})
+    return time.perf_counter() - start
