@@ -1,11 +1,13 @@
 """The one place that resizes and normalises images, resizes masks and tokenises expressions (MODEL.md §3.2;
 keys `input.size`, `input.mean`, `input.std`, `input.interpolation`, `text.max_len`). Callers go through
-``CroBIM.preprocess`` / ``CroBIM.tokenize``, ``resize_mask`` and (for numpy batches) ``tokenize``.
+``CroBIM.preprocess`` / ``CroBIM.tokenize``, ``resize_mask`` and (for numpy batches) ``tokenize``;
+``inspect_text`` says how ``tokenize`` will read an expression (its length, what truncation keeps, unknown words).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
@@ -13,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["preprocess_images", "resize_mask", "to_size", "tokenize"]
+__all__ = ["TextReport", "inspect_text", "preprocess_images", "resize_mask", "to_size", "tokenize"]
 
 
 def to_size(size: int | Sequence[int]) -> tuple[int, int]:
@@ -111,6 +113,68 @@ def tokenize(
     if return_tensors == "pt":
         return {key: encoded[key].long() for key in keys}
     return {key: encoded[key].astype(np.int64) for key in keys}
+
+
+@dataclass(frozen=True)
+class TextReport:
+    """How ``tokenize`` reads one expression.
+
+    Attributes:
+        num_tokens: Tokens of the text, without the special tokens ([CLS], [SEP]).
+        max_tokens: Tokens of text that ``text.max_len`` leaves room for (special tokens take the rest).
+        kept: The part of the text that survives truncation (the whole text when it fits).
+        unknown_words: Words that map only to the tokenizer's unknown token ([UNK]), as written.
+        known_words: Words holding a letter or digit that the vocabulary knows.
+    """
+
+    num_tokens: int
+    max_tokens: int
+    kept: str
+    unknown_words: tuple[str, ...]
+    known_words: int
+
+    @property
+    def truncated(self) -> bool:
+        """True when ``tokenize`` cuts the text."""
+        return self.num_tokens > self.max_tokens
+
+
+def inspect_text(tokenizer: Any, text: str, *, max_len: int) -> TextReport:  # noqa: ANN401
+    """How ``tokenize(tokenizer, text, max_len=max_len)`` reads ``text``: its length, what survives, unknown words.
+
+    Args:
+        tokenizer: The model's fast transformers tokenizer (``CroBIM.tokenizer``; word boundaries need a fast one).
+        text: One expression.
+        max_len: The token length L (``text.max_len``), special tokens included.
+
+    Returns:
+        The report; words are the tokenizer's own (punctuation marks are words of their own).
+
+    Raises:
+        TypeError: The tokenizer is a slow (pure Python) one, which does not give word boundaries.
+    """
+    if not getattr(tokenizer, "is_fast", False):
+        raise TypeError(
+            f"{type(tokenizer).__name__} is a slow tokenizer; load the fast one (AutoTokenizer, default)"
+        )
+    encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    ids, offsets = encoded["input_ids"], encoded["offset_mapping"]
+    max_tokens = max(max_len - tokenizer.num_special_tokens_to_add(), 0)
+    if len(ids) <= max_tokens:
+        kept = text
+    else:
+        kept = text[: offsets[max_tokens - 1][1]] if max_tokens else ""
+    words: dict[int, list[int]] = {}  # word index -> its token positions
+    for position, word in enumerate(encoded.word_ids()):
+        words.setdefault(-1 - position if word is None else word, []).append(position)
+    unknown, known = [], 0
+    for positions in words.values():
+        word = text[offsets[positions[0]][0] : offsets[positions[-1]][1]]
+        if all(ids[p] == tokenizer.unk_token_id for p in positions):
+            unknown.append(word)
+        elif any(ch.isalnum() for ch in word):
+            known += 1
+    return TextReport(len(ids), max_tokens, kept, tuple(unknown), known)
 
 
 def resize_mask(mask: Any, size: int | Sequence[int]) -> Any:

@@ -7,7 +7,8 @@ Example::
 
 Runs locally (``ray.init()``) or on a cluster (``--address`` or under ``ray job submit``). Re-running into the
 same ``--out`` resumes; ``--overwrite`` starts clean; ``--dry-run`` prints the plan as JSON.
-Exit codes: 0 done, 1 some chunks failed (listed in run.json and below), 2 bad input.
+Exit codes: 0 done, 1 some chunks failed (listed in run.json and below), 2 bad input, 130 interrupted (Ctrl-C or
+SIGTERM; rerun the same command to resume).
 """
 
 from __future__ import annotations
@@ -62,6 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument("--limit", type=int, help="use at most this many items (after ordering)")
     where.add_argument("--max-items-per-chunk", type=int, default=4, help="mosaic depth per chunk")
     where.add_argument("--max-area-km2", type=float, default=250_000.0, help="refuse larger bboxes")
+    where.add_argument(
+        "--max-tiles", type=int, default=1_000_000, help="refuse output grids needing more model tiles"
+    )
     where.add_argument("--nodata", type=float, help="override the assets' nodata value")
 
     q = p.add_argument_group("queries and model")
@@ -98,7 +102,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="custom Ray resource the inference actors request (1 each), e.g. inference",
     )
     r.add_argument("--address", help="Ray cluster address (default: a local runtime)")
-    r.add_argument("--overwrite", action="store_true", help="delete an existing --out first")
+    r.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="delete an earlier run's files in --out first (refused if the folder holds anything else)",
+    )
     r.add_argument("--dry-run", action="store_true", help="print the plan as JSON and exit")
     r.add_argument("--html", action="store_true", help="also write map.html (offline Leaflet map)")
     r.add_argument(
@@ -139,6 +147,7 @@ def config_from_args(args: argparse.Namespace) -> RegionJobConfig:
         limit=args.limit,
         max_items_per_chunk=args.max_items_per_chunk,
         max_area_km2=args.max_area_km2,
+        max_tiles=args.max_tiles,
         crs=args.crs,
         resolution=args.resolution,
         nodata=args.nodata,
@@ -234,6 +243,13 @@ def main(argv: list[str] | None = None) -> int:
         kind = "settings differ" if isinstance(exc, FingerprintMismatchError) else type(exc).__name__
         print(f"error ({kind}): {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM during the run: run.json says "interrupted"
+        from pipelines.region import resume_command
+
+        cause = f"by {exc}" if str(exc) else "by Ctrl-C"
+        command = resume_command(sys.argv[1:] if argv is None else argv)
+        print(f"\ninterrupted {cause}; finished chunks are kept, resume with: {command}", file=sys.stderr)
+        return 130
     _print_summary(result)
     if demo is not None:
         from pipelines.demo.report import format_demo_report, write_demo_report

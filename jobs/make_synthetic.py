@@ -63,6 +63,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: bad --set: {err}", file=sys.stderr)
         return 2
     counts = {"train": args.train, "val": args.val, "test": args.test}
+    negative = [f"--{split} {n}" for split, n in counts.items() if n < 0]
+    if negative:
+        print(
+            f"error: {', '.join(negative)}: sample counts cannot be negative; give 0 or more", file=sys.stderr
+        )
+        return 2
     if sum(counts.values()) <= 0:
         print("error: ask for at least one sample (--train/--val/--test N)", file=sys.stderr)
         return 2

@@ -10,6 +10,8 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import signal
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import asdict
@@ -25,23 +27,38 @@ __all__ = ["execute_chunks", "ray_runtime"]
 _OBJECT_STORE_BYTES = 2 * 1024**3
 
 
+def _restore_sigterm(handler: Any) -> None:
+    """Reinstall a SIGTERM handler that ``ray.init`` replaced (with ``sys.exit``), from the main thread only."""
+    if handler is not None and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, handler)
+
+
 @contextlib.contextmanager
 def ray_runtime(address: str | None) -> Iterator[None]:
-    """Connect to ``address`` or start a local runtime unless Ray is already up; shut down what was started here."""
+    """Connect to ``address`` or start a local runtime unless Ray is already up; shut down what was started here.
+
+    The runtime is shut down however the body ends (an exception, Ctrl-C). ``ray.init`` installs its own SIGTERM
+    handler; a Python handler that was there before (the region job's) is put back for the run and afterwards.
+    """
     import ray
 
     if ray.is_initialized():
         yield
         return
+    main_thread = threading.current_thread() is threading.main_thread()
+    before = signal.getsignal(signal.SIGTERM) if main_thread else None
     ray.init(
         address=address,
         runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}},
         log_to_driver=True,
     )
+    if callable(before):
+        _restore_sigterm(before)
     try:
         yield
     finally:
         ray.shutdown()
+        _restore_sigterm(before)
 
 
 @contextlib.contextmanager

@@ -174,35 +174,45 @@ def utm_crs_for(lon: float, lat: float) -> CRS:
 
 @dataclass(frozen=True)
 class _NativeGrid:
-    crs: CRS
+    crs: CRS | None  # None: the item has no projection fields, only STAC's gsd
     transform: Affine | None
-    gsd: float | None
+    gsd: float | None  # pixel size in CRS units (from proj:transform), or metres when crs is None
+    gsd_is_metres: bool = False  # True when the size comes from STAC's ``gsd`` (always metres)
+
+
+def _asset_crs(fields: dict[str, Any]) -> CRS | None:
+    code = fields.get("proj:code") or (f"EPSG:{fields['proj:epsg']}" if fields.get("proj:epsg") else None)
+    if code:
+        return CRS.from_user_input(code)
+    if fields.get("proj:wkt2"):
+        return CRS.from_wkt(fields["proj:wkt2"])
+    if fields.get("proj:projjson"):
+        return CRS.from_user_input(ProjCRS.from_json_dict(fields["proj:projjson"]).to_wkt())
+    return None
 
 
 def item_native_grid(item: pystac.Item, config: RadiometryConfig | None = None) -> _NativeGrid | None:
-    """CRS, transform and resolution of the item's RGB assets (``proj:`` fields, asset over item)."""
+    """CRS, transform and resolution of the item's RGB assets (``proj:`` fields, asset over item).
+
+    An item without projection fields still gives its resolution through STAC's ``gsd`` (metres).
+    """
     try:
         source = select_rgb_source(item, config)
     except Exception:  # no RGB source: the item contributes no grid information
         return None
     best: _NativeGrid | None = None
     for band in source.bands:
-        asset = item.assets[band.asset_key]
-        fields = {**item.properties, **asset.extra_fields}
-        code = fields.get("proj:code") or (f"EPSG:{fields['proj:epsg']}" if fields.get("proj:epsg") else None)
-        crs = None
-        if code:
-            crs = CRS.from_user_input(code)
-        elif fields.get("proj:wkt2"):
-            crs = CRS.from_wkt(fields["proj:wkt2"])
-        elif fields.get("proj:projjson"):
-            crs = CRS.from_user_input(ProjCRS.from_json_dict(fields["proj:projjson"]).to_wkt())
-        if crs is None:
+        fields = {**item.properties, **item.assets[band.asset_key].extra_fields}
+        crs = _asset_crs(fields)
+        tr = fields.get("proj:transform") if crs is not None else None
+        if tr:
+            cand = _NativeGrid(crs, Affine(*tr[:6]), abs(float(tr[0])))
+        elif fields.get("gsd"):
+            cand = _NativeGrid(crs, None, float(fields["gsd"]), gsd_is_metres=True)
+        elif crs is not None:
+            cand = _NativeGrid(crs, None, None)
+        else:
             continue
-        tr = fields.get("proj:transform")
-        transform = Affine(*tr[:6]) if tr else None
-        gsd = abs(transform.a) if transform is not None else fields.get("gsd")
-        cand = _NativeGrid(crs, transform, float(gsd) if gsd else None)
         if best is None or (cand.gsd or math.inf) < (best.gsd or math.inf):
             best = cand
     return best
@@ -221,7 +231,9 @@ def _resolution_in(target: CRS, natives: Sequence[_NativeGrid], lat: float) -> f
     for n in natives:
         if n.gsd is None:
             continue
-        if n.crs.is_geographic:
+        if n.gsd_is_metres or n.crs is None:
+            metres.append(n.gsd)
+        elif n.crs.is_geographic:
             metres.append(n.gsd * _M_PER_DEG * max(math.cos(math.radians(lat)), 1e-6))
         else:
             metres.append(n.gsd * (n.crs.linear_units_factor[1] if n.crs.linear_units_factor else 1.0))
@@ -268,9 +280,10 @@ def choose_grid(
     if crs is not None:
         target = crs if isinstance(crs, CRS) else CRS.from_user_input(crs)
     else:
-        codes = {g.crs.to_wkt() for g in natives}
-        if natives and len(codes) == 1 and len(natives) == len(items) and _is_metric(natives[0].crs):
-            target = natives[0].crs
+        known = [g.crs for g in natives if g.crs is not None]
+        codes = {c.to_wkt() for c in known}
+        if known and len(codes) == 1 and len(known) == len(items) and _is_metric(known[0]):
+            target = known[0]
         else:
             target = utm_crs_for(lon_c, lat_c)
             if natives and len(codes) > 1:
@@ -281,10 +294,13 @@ def choose_grid(
                     target.to_string(),
                 )
     res = resolution if resolution is not None else _resolution_in(target, natives, lat_c)
-    if res is None or not res > 0:
+    if res is None:
         raise ValueError(
-            "no output resolution: items carry no proj:transform or gsd; pass --resolution (in target CRS units)"
+            "no output resolution: the items carry neither proj:transform nor gsd; "
+            "pass --resolution (pixel size in the output CRS's units, metres for UTM)"
         )
+    if not res > 0:
+        raise ValueError(f"resolution {res} is not a positive pixel size; pass --resolution > 0")
     minx, miny, maxx, maxy = transform_bounds("EPSG:4326", target, w, s, e, n, densify_pts=21)
     # Pixel phase: when every native grid shares the target CRS and resolution, align to it.
     phase_x = phase_y = 0.0

@@ -5,6 +5,7 @@ Nothing here touches the output folder or starts Ray: ``--dry-run`` prints :meth
 
 from __future__ import annotations
 
+import logging
 from dataclasses import asdict, dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
@@ -13,12 +14,14 @@ import pystac
 
 from pipelines.blend import TileLattice, TileWindow, tile_windows
 from pipelines.grid import ChunkSpec, OutputGrid, choose_grid, plan_chunks
-from pipelines.predict import ResolvedModel, resolve_model
+from pipelines.predict import ResolvedModel, query_warnings, resolve_model
 from pipelines.radiometry import RadiometryConfig, has_rgb_source
 from pipelines.region_config import RegionJobConfig
 from pipelines.stac import bbox_area_km2, item_summary, search_items
 
 __all__ = ["RegionPlan", "plan_region", "search"]
+
+logger = logging.getLogger(__name__)
 
 #: Distribution whose version is recorded in the fingerprint (outputs of different versions never mix).
 _PROJECT = "crobim-geo"
@@ -36,6 +39,8 @@ class RegionPlan:
         chunks: Every chunk of the grid, empty ones included.
         model: The model's provenance record and tile size.
         tiles: Tile windows of each chunk with imagery, by chunk id (the inference actor runs exactly these).
+        warnings: What still runs but will answer worse: tile size against the model's, queries the model cuts
+            or cannot read (logged once when planned, printed by ``--dry-run``, kept in ``run.json``).
     """
 
     config: RegionJobConfig
@@ -45,6 +50,7 @@ class RegionPlan:
     chunks: list[ChunkSpec]
     model: ResolvedModel
     tiles: dict[str, list[TileWindow]] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def pixel_area_m2(self) -> float:
@@ -112,6 +118,7 @@ class RegionPlan:
                 "grid": round(self.grid.width * self.grid.height * self.pixel_area_m2 / 1e6, 6),
             },
             "model": self.model.info,
+            "warnings": list(self.warnings),
         }
 
 
@@ -138,6 +145,25 @@ def search(config: RegionJobConfig) -> list[pystac.Item]:
     )
 
 
+def _check_size(config: RegionJobConfig, grid: OutputGrid, lattice: TileLattice) -> None:
+    """Refuse a grid with more tiles than ``--max-tiles`` before its chunks are planned (a typo, not a job).
+
+    Raises:
+        ValueError: Naming the grid size, the tile count and the flags to check.
+    """
+    if config.max_tiles is None:
+        return
+    tiles = len(lattice.tile_range(0, grid.height)) * len(lattice.tile_range(0, grid.width))
+    if tiles <= config.max_tiles:
+        return
+    res = grid.resolution[0]
+    raise ValueError(
+        f"the output grid is {grid.width:,} x {grid.height:,} px at {res:g} CRS units per pixel: at least "
+        f"{tiles:,} tiles of {lattice.tile_size_px} px, more than --max-tiles {config.max_tiles:,}; check --resolution "
+        "(pixel size in the output CRS's units: metres for UTM, not degrees) and --bbox, or raise --max-tiles"
+    )
+
+
 def plan_region(
     config: RegionJobConfig, items: list[pystac.Item] | None = None, model: ResolvedModel | None = None
 ) -> RegionPlan:
@@ -160,10 +186,14 @@ def plan_region(
     grid = choose_grid(
         config.bbox, selected, crs=config.crs, resolution=config.resolution, radiometry=radiometry
     )
+    _check_size(config, grid, lattice)
     chunks = plan_chunks(grid, selected, config.chunk_size_px, lattice.halo_px, config.max_items_per_chunk)
     tiles = {
         c.chunk_id: tile_windows(lattice, (c.row_off, c.col_off, c.height, c.width))
         for c in chunks
         if not c.empty
     }
-    return RegionPlan(config, selected, grid, lattice, chunks, resolved, tiles)
+    found = query_warnings(resolved, config.queries)
+    for message in found:
+        logger.warning("%s", message)
+    return RegionPlan(config, selected, grid, lattice, chunks, resolved, tiles, [*resolved.warnings, *found])

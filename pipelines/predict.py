@@ -18,6 +18,7 @@ import importlib
 import logging
 import re
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -33,6 +34,7 @@ __all__ = [
     "import_factory",
     "load_predictor",
     "parse_model_spec",
+    "query_warnings",
     "resolve_model",
 ]
 
@@ -130,16 +132,20 @@ def check_predictor(obj: Any, origin: str) -> RegionPredictor:  # noqa: ANN401
 
 @dataclass(frozen=True)
 class ResolvedModel:
-    """A ``--model`` identified without loading weights.
+    """A ``--model`` identified and checked without loading weights.
 
     Attributes:
         info: Provenance record (``run.json`` "model", hashed into the fingerprint): kind, path or reference,
             folder SHA-256, and for checkpoints the name and the whole config.
         tile_size_px: Tile side S the job cuts (``--tile-size``, else the model's own).
+        input_size_px: The model's own input side (None for a factory given a ``--tile-size``: not asked).
+        warnings: What still runs but degrades (a tile size other than the model's); logged once when resolved.
     """
 
     info: dict[str, Any]
     tile_size_px: int
+    input_size_px: int | None = None
+    warnings: tuple[str, ...] = ()
 
     @property
     def sha256(self) -> str | None:
@@ -147,8 +153,24 @@ class ResolvedModel:
         return self.info.get("sha256")
 
 
+def _resolve_factory(reference: str, tile_size_px: int | None) -> ResolvedModel:
+    """A factory's provenance record; the factory is called only to ask its tile size when none is given."""
+    from pipelines.model_checks import check_tile_size
+
+    info: dict[str, Any] = {"kind": "factory", "reference": reference, "sha256": None}
+    check_tile_size(tile_size_px, None)
+    if tile_size_px is not None:
+        return ResolvedModel(info, tile_size_px)
+    size = int(check_predictor(import_factory(reference)(), f"factory {reference}").tile_size)
+    return ResolvedModel(info, size, input_size_px=size)
+
+
 def resolve_model(model: str, tile_size_px: int | None = None) -> ResolvedModel:
-    """Identify ``--model`` for provenance and find its tile size, without loading weights.
+    """Identify and check ``--model`` and the tile size against it, on the driver, without loading weights.
+
+    A checkpoint is checked for everything ``crobim.load_model`` would refuse in each actor (files, the weights'
+    header and tensors against its config; ``pipelines.model_checks.check_checkpoint``) before its folder is hashed.
+    A tile size other than the model's is a warning (logged, and kept in ``ResolvedModel.warnings``).
 
     Args:
         model: Checkpoint folder (local or object storage) or ``package.module:factory``.
@@ -156,38 +178,45 @@ def resolve_model(model: str, tile_size_px: int | None = None) -> ResolvedModel:
 
     Raises:
         FileNotFoundError: The checkpoint folder has no ``config.json``.
-        ValueError: A bad spec or a config that is not a CroBIM config.
+        ValueError: A bad spec, a config that is not a CroBIM config, a tile size under 32 px, or a checkpoint
+            ``crobim.load_model`` would refuse (``crobim.errors.CheckpointError``).
         TypeError: A factory that does not return a :class:`RegionPredictor`.
     """
-    from common import storage
-    from crobim.config import CroBIMConfig
+    from pipelines.model_checks import check_checkpoint, check_tile_size, read_checkpoint_config
     from pipelines.provenance import folder_sha256
 
     spec = parse_model_spec(model)
     if spec.kind == "factory":
-        info: dict[str, Any] = {"kind": "factory", "reference": spec.value, "sha256": None}
-        if tile_size_px is None:
-            origin = f"factory {spec.value}"
-            tile_size_px = int(check_predictor(import_factory(spec.value)(), origin).tile_size)
-        return ResolvedModel(info, tile_size_px)
-    config_uri = storage.join(spec.value, "config.json")
-    if not storage.exists(config_uri):
-        raise FileNotFoundError(
-            f"--model {spec.value} has no config.json; give a folder written by crobim.save_model"
-        )
-    model_config = storage.read_json(config_uri)
-    try:
-        size = CroBIMConfig.from_dict(model_config).input.size
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"--model {spec.value}: config.json is not a CroBIM config ({exc})") from exc
+        return _resolve_factory(spec.value, tile_size_px)
+    stored, config = read_checkpoint_config(spec.value)
+    size = int(config.input.size[0])
+    warnings = tuple(check_tile_size(tile_size_px, size))
+    check_checkpoint(spec.value, config)
+    for warning in warnings:
+        logger.warning(warning)
     info = {
         "kind": "checkpoint",
         "path": spec.value,
         "sha256": folder_sha256(spec.value),
-        "name": model_config.get("name"),
-        "config": model_config,
+        "name": stored.get("name"),
+        "config": stored,
     }
-    return ResolvedModel(info, int(tile_size_px or size[0]))
+    tile = size if tile_size_px is None else int(tile_size_px)
+    return ResolvedModel(info, tile, input_size_px=size, warnings=warnings)
+
+
+def query_warnings(model: ResolvedModel, queries: Sequence[str]) -> list[str]:
+    """Warnings (not logged here) about queries a checkpoint's tokenizer cuts or cannot read; factories: none.
+
+    See ``pipelines.model_checks.query_findings``: a query over ``text.max_len`` tokens and what the model reads
+    of it, a query with no word the vocabulary knows, words it does not know.
+    """
+    if model.info.get("kind") != "checkpoint":
+        return []
+    from crobim.config import CroBIMConfig
+    from pipelines.model_checks import query_findings
+
+    return query_findings(model.info["path"], CroBIMConfig.from_dict(model.info["config"]), queries)
 
 
 class CroBIMPredictor:

@@ -1,7 +1,9 @@
 """Provenance and resume state (PIPELINE.md §4 run.json, §5): fingerprint, done/failed manifest, hashes, versions.
 
 Output layout owned here: ``run.json``, ``_state/fingerprint.json``, ``_state/done/<chunk_id>.json`` and
-``_state/failed/<chunk_id>.json``. Every path may be local or an object-store URI (``common.storage``).
+``_state/failed/<chunk_id>.json``; and which top-level entries of ``--out`` a run writes (:data:`RUN_FOLDERS`,
+:data:`RUN_FILES`), the only ones ``--overwrite`` deletes (:func:`claim_output`). Every path may be local or an
+object-store URI (``common.storage``).
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ import importlib.metadata
 import json
 import logging
 import platform
+import posixpath
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -21,16 +25,20 @@ if TYPE_CHECKING:
     import pystac
 
 __all__ = [
+    "RUN_FILES",
+    "RUN_FOLDERS",
     "FingerprintMismatchError",
     "RunManifest",
     "canonical_json",
+    "check_output",
+    "check_resume",
+    "claim_output",
     "diff_settings",
     "file_sha256",
     "fingerprint",
     "folder_sha256",
+    "is_run_entry",
     "items_sha256",
-    "check_resume",
-    "claim_output",
     "package_versions",
     "stored_fingerprint",
     "write_fingerprint",
@@ -41,6 +49,16 @@ logger = logging.getLogger(__name__)
 
 STATE_DIR = "_state"
 FINGERPRINT_FILE = "fingerprint.json"
+
+#: Top-level folders a region run writes into ``--out``; with :data:`RUN_FILES`, all that ``--overwrite`` deletes.
+RUN_FOLDERS = frozenset({STATE_DIR, "_parts", "inputs", "masks.zarr"})
+#: Top-level files a region run writes (``demo_report.json``: the ``--demo`` report, written beside the run).
+RUN_FILES = frozenset({"run.json", "polygons.parquet", "quicklook.png", "map.html", "demo_report.json"})
+#: Files that show a run owns the folder (the first ones a fresh run writes after claiming it).
+_RUN_MARKERS = ((STATE_DIR, FINGERPRINT_FILE), ("inputs", "items.parquet"))
+_MARKER_ENTRIES = frozenset({STATE_DIR, "inputs"})
+#: A temporary file left by an interrupted atomic write (``common.storage``): ``.<name>.<random>.tmp``.
+_TMP_FILE = re.compile(r"^\.(.+)\.[A-Za-z0-9_]+\.tmp$")
 
 #: Distributions whose versions go into run.json (absent ones are recorded as null).
 _PACKAGES = (
@@ -189,21 +207,102 @@ def check_resume(out: str, stored: dict[str, Any], settings: dict[str, Any]) -> 
     )
 
 
-def claim_output(out: str, overwrite: bool = False) -> None:
-    """Make ``out`` an empty folder for a fresh run; delete what is there only with ``overwrite``.
+def _entries(out: str) -> dict[str, bool]:
+    """Top-level names under the folder ``out`` -> whether each is a folder (object stores: a prefix)."""
+    fs, path = storage.get_fs(out)
+    base = path.rstrip("/")
+    entries: dict[str, bool] = {}
+    for entry in fs.ls(base, detail=True):
+        name = str(entry["name"]).rstrip("/")
+        if name != base and posixpath.basename(name):
+            entries[posixpath.basename(name)] = entry.get("type") == "directory"
+    return entries
+
+
+def is_run_entry(name: str, is_folder: bool) -> bool:
+    """True when a top-level entry of ``--out`` is one a region run writes (or the temporary file of one)."""
+    if is_folder:
+        return name in RUN_FOLDERS
+    if name in RUN_FILES:
+        return True
+    match = _TMP_FILE.match(name)
+    return bool(match and match.group(1) in RUN_FILES)
+
+
+def _listing(names: list[str], limit: int = 5) -> str:
+    more = f" and {len(names) - limit} more" if len(names) > limit else ""
+    return ", ".join(names[:limit]) + more
+
+
+def check_output(out: str, overwrite: bool = False) -> list[str]:
+    """What :func:`claim_output` would delete in ``out``, checked without touching anything.
+
+    Without ``overwrite`` only a missing or empty folder passes. With it, a folder passes when everything in it was
+    written by a region run (:data:`RUN_FOLDERS`, :data:`RUN_FILES`) and it holds a run's state.
+
+    Returns:
+        The top-level names to delete (empty for a missing or empty folder).
 
     Raises:
-        FileExistsError: ``out`` is not empty and ``overwrite`` is False.
+        FileExistsError: ``out`` is a file; or it is not empty and ``overwrite`` is False; or it holds anything a
+            region run does not write (named in the message); or it holds no run state.
     """
-    if storage.exists(out) and storage.listdir(out):
-        if not overwrite:
-            raise FileExistsError(
-                f"{out} is not empty and holds no finished run state ({STATE_DIR}/{FINGERPRINT_FILE}); "
-                "choose an empty or new --out folder, or pass --overwrite to delete it"
-            )
-        logger.info("--overwrite: deleting %s", out)
-        storage.remove(out, recursive=True)
-    storage.makedirs(out)
+    fs, path = storage.get_fs(out)
+    if fs.isfile(path):
+        raise FileExistsError(
+            f"--out {out} is a file, not a folder; choose a folder path for --out (the file was left as it is)"
+        )
+    entries = _entries(out) if storage.exists(out) else {}
+    if not entries:
+        return []
+    if not overwrite:
+        raise FileExistsError(
+            f"{out} is not empty and holds no finished run state ({STATE_DIR}/{FINGERPRINT_FILE}); "
+            "choose an empty or new --out folder, or pass --overwrite to delete an earlier run's files"
+        )
+    foreign = sorted(
+        name + ("/" if folder else "") for name, folder in entries.items() if not is_run_entry(name, folder)
+    )
+    if foreign:
+        raise FileExistsError(
+            f"{out} holds {len(foreign)} entries that a region run does not write: {_listing(foreign)}; "
+            "--overwrite deletes only a run's own files, so nothing was deleted; use another --out, "
+            "or move those files out of the folder"
+        )
+    if not any(storage.exists(storage.join(out, *marker)) for marker in _RUN_MARKERS):
+        raise FileExistsError(
+            f"{out} holds {_listing(sorted(entries))} but no state of a region run ({STATE_DIR}/{FINGERPRINT_FILE}); "
+            "--overwrite deletes only a run's own files, so nothing was deleted; use another --out, "
+            "or move those files out of the folder"
+        )
+    return sorted(entries, key=lambda name: (name in _MARKER_ENTRIES, name == STATE_DIR, name))
+
+
+def claim_output(out: str, overwrite: bool = False) -> None:
+    """Make ``out`` an empty folder for a fresh run; with ``overwrite``, delete an earlier run's files first.
+
+    Everything is checked before anything is deleted (:func:`check_output`). The deletion order keeps the folder
+    safe if it is itself interrupted: done markers first (a resume then redoes every chunk), the run state last
+    (a later ``--overwrite`` still recognises the folder as a run's).
+
+    Raises:
+        FileExistsError: See :func:`check_output`; nothing is deleted then.
+    """
+    names = check_output(out, overwrite)
+    if names:
+        logger.info("--overwrite: deleting the earlier run's %s in %s", ", ".join(names), out)
+    for kind in ("done", "failed"):
+        marker_dir = storage.join(out, STATE_DIR, kind)
+        if storage.exists(marker_dir):
+            storage.remove(marker_dir, recursive=True)
+    for name in names:
+        uri = storage.join(out, name)
+        if storage.exists(uri):
+            storage.remove(uri, recursive=True)
+    try:
+        storage.makedirs(out)
+    except (FileExistsError, NotADirectoryError) as exc:
+        raise FileExistsError(f"cannot create the --out folder {out}: {exc}; choose another --out") from exc
 
 
 def write_fingerprint(out: str, settings: dict[str, Any]) -> str:

@@ -6,14 +6,22 @@
 
 Re-running into the same ``--out`` resumes: the fingerprint must match, chunks with a done marker are skipped, and
 the finalise step is re-run from the parts, so ``masks.zarr`` and ``polygons.parquet`` are byte-identical to those of
-an uninterrupted run.
+an uninterrupted run. Ctrl-C or SIGTERM after ``run.json`` is written leaves it with status ``interrupted``, an
+exception with ``failed``, each with a ``message``; ``--overwrite`` deletes only what a run writes
+(:func:`pipelines.provenance.claim_output`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import shlex
+import signal
+import sys
 import tempfile
+import threading
 import time
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,10 +38,17 @@ from pipelines.provenance import (
     write_run_json,
 )
 from pipelines.region_config import RegionJobConfig
-from pipelines.run_document import RegionResult, chunk_counts, finished_document, started_document, throughput
+from pipelines.run_document import (
+    RegionResult,
+    chunk_counts,
+    finished_document,
+    recorded_stop,
+    started_document,
+    throughput,
+)
 from pipelines.stac_files import freeze_items, load_items
 
-__all__ = ["RegionResult", "prepare_run", "run_region"]
+__all__ = ["RegionResult", "prepare_run", "resume_command", "run_region"]
 
 logger = logging.getLogger(__name__)
 
@@ -87,29 +102,42 @@ def _execute(plan: RegionPlan, todo: list[Any], thumb_step: int, address: str | 
         return execute_chunks(plan, todo, thumb_step)
 
 
-def run_region(config: RegionJobConfig, address: str | None = None) -> RegionResult:
-    """Run (or resume) a region job into ``config.out``.
+def _sigterm_handler(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """While the run lasts, SIGTERM raises ``KeyboardInterrupt("SIGTERM")`` as Ctrl-C does (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _sigterm_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+
+
+def resume_command(args: Sequence[str], program: str | None = None) -> str:
+    """The command line that resumes an interrupted run: the same one without ``--overwrite`` (a fresh start).
 
     Args:
-        config: The job settings.
-        address: Ray address when Ray is not initialised yet (None: a local runtime).
-
-    Returns:
-        Counts, failures, polygons per query and timings; ``run.json`` holds the same and more.
-
-    Raises:
-        ValueError, FileNotFoundError, FileExistsError, pipelines.errors.CatalogError: bad input, or an
-            output folder that holds another run (see :mod:`pipelines.provenance`).
+        args: The job's arguments (``sys.argv[1:]``); ``--overwrite`` and its unique abbreviations are dropped.
+        program: The job's script (default ``sys.argv[0]``), run by this interpreter.
     """
+    keep = [a for a in args if not (a.startswith("--overw") and "--overwrite".startswith(a))]
+    return shlex.join([sys.executable, program or sys.argv[0], *keep])
+
+
+def _process(
+    config: RegionJobConfig, plan: RegionPlan, doc: dict[str, Any], t0: float, address: str | None
+) -> RegionResult:
+    """Execute the chunks left to do and finalise; returns the result whose document is the final run.json."""
     from pipelines.finalise import finalise_outputs
     from pipelines.viz import thumbnail_step
     from pipelines.write import create_zarr_template
 
-    started, t0 = time.time(), time.perf_counter()
-    # Prepare: plan, fingerprint, run.json "running", the Zarr template, the chunks left to do.
-    plan, settings, resumed = prepare_run(config)
-    doc = started_document(plan, settings, resumed, started)
-    write_run_json(config.out, doc)
     create_zarr_template(
         storage.join(config.out, "masks.zarr"),
         plan.grid,
@@ -123,7 +151,7 @@ def run_region(config: RegionJobConfig, address: str | None = None) -> RegionRes
     thumb_step = thumbnail_step(plan.grid.shape)
     logger.info(
         "%s: %d chunks (%d empty, %d already done), %d to process",
-        "resuming" if resumed else "starting",
+        "resuming" if doc["resumed"] else "starting",
         len(plan.chunks),
         sum(1 for ch in plan.chunks if ch.empty),
         len(done_before),
@@ -157,3 +185,32 @@ def run_region(config: RegionJobConfig, address: str | None = None) -> RegionRes
     doc = finished_document(doc, plan, counts, failures, timings, rates, per_query)
     write_run_json(config.out, doc)
     return RegionResult(config.out, doc["status"], counts, failures, per_query, {**timings, **rates}, doc)
+
+
+def run_region(config: RegionJobConfig, address: str | None = None) -> RegionResult:
+    """Run (or resume) a region job into ``config.out``.
+
+    Once ``run.json`` is written (status ``running``), an exception or interrupt (Ctrl-C; SIGTERM, which raises
+    ``KeyboardInterrupt`` here) rewrites it with status ``failed`` or ``interrupted`` and a message, and is
+    re-raised; chunks with a done marker are kept for the resume.
+
+    Args:
+        config: The job settings.
+        address: Ray address when Ray is not initialised yet (None: a local runtime).
+
+    Returns:
+        Counts, failures, polygons per query and timings; ``run.json`` holds the same and more.
+
+    Raises:
+        ValueError, FileNotFoundError, FileExistsError, pipelines.errors.CatalogError: bad input, or an
+            output folder that holds another run or files a run does not write (see :mod:`pipelines.provenance`).
+        KeyboardInterrupt: Ctrl-C or SIGTERM (``run.json`` says ``interrupted``).
+    """
+    with _sigterm_as_interrupt():
+        started, t0 = time.time(), time.perf_counter()
+        # Prepare: plan, fingerprint, run.json "running"; then the chunks, with the true status on any stop.
+        plan, settings, resumed = prepare_run(config)
+        doc = started_document(plan, settings, resumed, started)
+        write_run_json(config.out, doc)
+        with recorded_stop(config.out, doc):
+            return _process(config, plan, doc, t0, address)

@@ -29,6 +29,7 @@ class RegionJobConfig:
     limit: int | None = None
     max_items_per_chunk: int = 4
     max_area_km2: float | None = 250_000.0
+    max_tiles: int | None = 1_000_000
     crs: str | None = None
     resolution: float | None = None
     nodata: float | None = None
@@ -57,9 +58,6 @@ class RegionJobConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
-        # Queries and bbox are checked and normalised here, once: the plan and the search take them as they are.
-        object.__setattr__(self, "queries", tuple(validate_queries(list(self.queries))))
-        object.__setattr__(self, "bbox", validate_bbox(self.bbox, self.max_area_km2))
         checks: list[tuple[str, Any, bool, str]] = [
             ("chunk_size_px", self.chunk_size_px, self.chunk_size_px >= 32, ">= 32 pixels"),
             ("batch_size", self.batch_size, self.batch_size >= 1, ">= 1"),
@@ -69,6 +67,22 @@ class RegionJobConfig:
             ("read_cpus", self.read_cpus, self.read_cpus > 0, "> 0"),
             ("write_cpus", self.write_cpus, self.write_cpus > 0, "> 0"),
             ("threshold", self.threshold, 0.0 < self.threshold <= 1.0, "in (0, 1]"),
+            (
+                "resolution",
+                self.resolution,
+                self.resolution is None or self.resolution > 0,
+                "> 0 (CRS units)",
+            ),
+            (
+                "tile_size_px",
+                self.tile_size_px,
+                self.tile_size_px is None or self.tile_size_px > 0,
+                "> 0 pixels",
+            ),
+            ("overlap_px", self.overlap_px, self.overlap_px is None or self.overlap_px >= 0, ">= 0 pixels"),
+            ("margin_px", self.margin_px, self.margin_px is None or self.margin_px >= 0, ">= 0 pixels"),
+            ("max_tiles", self.max_tiles, self.max_tiles is None or self.max_tiles >= 1, ">= 1"),
+            ("max_area_km2", self.max_area_km2, self.max_area_km2 is None or self.max_area_km2 > 0, "> 0"),
             ("min_area_m2", self.min_area_m2, self.min_area_m2 >= 0, ">= 0"),
             (
                 "max_items_per_chunk",
@@ -82,6 +96,9 @@ class RegionJobConfig:
                 flag = "--" + name.replace("_px", "").replace("_m2", "").replace("_", "-")
                 raise ValueError(f"{flag} = {value} is invalid; expected {expected}")
         check_source(self.stac_url, self.catalog)
+        # Queries and bbox are checked and normalised here, once: the plan and the search take them as they are.
+        object.__setattr__(self, "queries", tuple(validate_queries(list(self.queries))))
+        object.__setattr__(self, "bbox", validate_bbox(self.bbox, self.max_area_km2))
 
     def search_settings(self) -> dict[str, Any]:
         """The search part of the settings (hashed into the fingerprint, recorded in run.json)."""

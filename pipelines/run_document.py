@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -11,10 +13,21 @@ import pandas as pd
 
 from common import storage
 from pipelines.plan import RegionPlan
-from pipelines.provenance import file_sha256, fingerprint, package_versions
+from pipelines.provenance import file_sha256, fingerprint, package_versions, write_run_json
 from pipelines.stac import item_summary
 
-__all__ = ["RegionResult", "chunk_counts", "finished_document", "started_document", "throughput"]
+__all__ = [
+    "RegionResult",
+    "chunk_counts",
+    "finished_document",
+    "recorded_stop",
+    "started_document",
+    "stopped_document",
+    "throughput",
+]
+
+#: Longest ``message`` of a run stopped by an exception (the exception's text is cut there).
+_MESSAGE_CHARS = 4000
 
 #: Outputs every run writes, relative to ``--out``.
 _OUTPUTS = ("masks.zarr", "polygons.parquet", "quicklook.png", "inputs/items.parquet")
@@ -78,6 +91,7 @@ def started_document(
         "items": [item_summary(it, full=True) for it in plan.items],
         "model": plan.model.info,
         "queries": list(c.queries),
+        "warnings": list(plan.warnings),
         "radiometry": plan.radiometry.to_dict(),
         "versions": package_versions(),
     }
@@ -153,3 +167,38 @@ def finished_document(
         "polygons_per_query": polygons_per_query,
         "outputs": {name: storage.join(out, name) for name in names},
     }
+
+
+def stopped_document(doc: dict[str, Any], exc: BaseException) -> dict[str, Any]:
+    """``run.json`` of a run stopped by ``exc``: status ``interrupted`` (Ctrl-C, SIGTERM) or ``failed``, a message.
+
+    Args:
+        doc: The started document.
+        exc: What stopped the run; a ``KeyboardInterrupt``'s text names the signal (empty: Ctrl-C).
+    """
+    if isinstance(exc, KeyboardInterrupt | SystemExit):
+        if isinstance(exc, SystemExit):
+            cause = f"SystemExit({exc.code})"  # Ray's own SIGTERM handler exits this way
+        else:
+            cause = f"signal {exc}" if str(exc) else "Ctrl-C (SIGINT)"
+        status = "interrupted"
+        message = (
+            f"interrupted by {cause}; rerun the same command (without --overwrite) to resume: chunks with a "
+            "done marker are kept"
+        )
+    else:
+        status = "failed"
+        text = f"{type(exc).__name__}: {exc}"
+        message = text if len(text) <= _MESSAGE_CHARS else text[: _MESSAGE_CHARS - 3] + "..."
+        message += "; rerun the same command to retry: chunks with a done marker are kept"
+    return {**doc, "status": status, "message": message, "finished_at": _utc()}
+
+
+@contextlib.contextmanager
+def recorded_stop(out: str, doc: dict[str, Any]) -> Iterator[None]:
+    """Rewrite ``run.json`` in ``out`` by :func:`stopped_document` when the body raises, then re-raise."""
+    try:
+        yield
+    except BaseException as exc:
+        write_run_json(out, stopped_document(doc, exc))
+        raise

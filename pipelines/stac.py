@@ -13,7 +13,6 @@ from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 import pystac
-from pyproj import Geod
 
 from pipelines.errors import CatalogError, NoItemsError
 from pipelines.stac_files import load_catalog
@@ -46,14 +45,25 @@ API_TIMEOUT_S = 30.0
 #: Default cap on the search area (km^2); ``--max-area-km2`` overrides it.
 DEFAULT_MAX_AREA_KM2 = 250_000.0
 
-_GEOD = Geod(ellps="WGS84")
+
+def _zone_area_per_radian_m2(lat_deg: float) -> float:
+    """Ellipsoidal area between the equator and ``lat_deg`` per radian of longitude (WGS84), signed."""
+    a, f = 6378137.0, 1 / 298.257223563
+    e2 = f * (2 - f)
+    e = math.sqrt(e2)
+    sin_lat = math.sin(math.radians(lat_deg))
+    b2 = a * a * (1 - e2)
+    return b2 / 2 * (sin_lat / (1 - e2 * sin_lat**2) + math.atanh(e * sin_lat) / e)
 
 
 def bbox_area_km2(bbox: BBox) -> float:
-    """Geodesic area of a WGS84 bbox in km^2."""
+    """Area in km^2 on the WGS84 ellipsoid of a lon/lat box (bounded by meridians and parallels).
+
+    Exact for any size, a box spanning all 360 degrees of longitude or the whole globe included (510,065,622 km^2).
+    """
     w, s, e, n = bbox
-    area, _ = _GEOD.polygon_area_perimeter([w, e, e, w], [s, s, n, n])
-    return abs(area) / 1e6
+    width_rad = math.radians(abs(e - w))
+    return width_rad * abs(_zone_area_per_radian_m2(n) - _zone_area_per_radian_m2(s)) / 1e6
 
 
 def validate_bbox(bbox: Sequence[float], max_area_km2: float | None = None) -> BBox:
@@ -90,9 +100,14 @@ def validate_bbox(bbox: Sequence[float], max_area_km2: float | None = None) -> B
     if s >= n:
         raise ValueError(f"bbox south {s} is not below north {n}; the order is west south east north")
     if w > e:
+        if e + 360.0 - w <= 180.0:
+            raise ValueError(
+                f"bbox west {w} > east {e}: it crosses the antimeridian, which is not supported; "
+                "split it into two runs at 180 degrees"
+            )
         raise ValueError(
-            f"bbox west {w} > east {e}: it crosses the antimeridian, which is not supported; "
-            "split it into two runs at 180 degrees"
+            f"bbox west {w} > east {e}: west and east look swapped; the order is west south east north "
+            f"(e.g. --bbox {e} {s} {w} {n})"
         )
     if w == e:
         raise ValueError(f"bbox west {w} equals east {e}; the bbox has no width")
@@ -269,6 +284,7 @@ def item_summary(item: pystac.Item, full: bool = False) -> dict[str, Any]:
     }
     if full:
         self_link = item.get_single_link("self")
-        out["self_href"] = self_link.href if self_link is not None else None
+        # As stored: resolving it against the item's root link would fetch the catalog root over the network.
+        out["self_href"] = self_link.get_href(transform_href=False) if self_link is not None else None
         out["asset_hrefs"] = {k: a.href for k, a in sorted(item.assets.items())}
     return out

@@ -70,8 +70,24 @@ def test_truncated_weights_give_a_clear_error(saved, tmp_path):
     (bad / "tokenizer").symlink_to(folder / "tokenizer")
     data = (folder / "model.safetensors").read_bytes()
     (bad / "model.safetensors").write_bytes(data[: len(data) // 2])
-    with pytest.raises(CheckpointError, match="truncated or corrupt"):
+    with pytest.raises(CheckpointError, match=r"model.safetensors is truncated: its header describes"):
         load_model(bad)
+
+
+def test_pickle_renamed_to_safetensors_is_named_by_load_model(saved, tmp_path):
+    import pickle
+
+    _, folder = saved
+    bad = tmp_path / "pickled"
+    bad.mkdir()
+    for path in folder.iterdir():
+        if path.is_file():
+            (bad / path.name).write_bytes(path.read_bytes())
+    (bad / "tokenizer").symlink_to(folder / "tokenizer")
+    (bad / "model.safetensors").write_bytes(pickle.dumps({"weight": [0.0, 1.0]}))  # never loaded
+    with pytest.raises(CheckpointError, match="is a PyTorch pickle file, not safetensors") as info:
+        load_model(bad)
+    assert "truncated" not in str(info.value)
 
 
 def test_missing_file_gives_a_clear_error(tmp_path):
@@ -164,3 +180,91 @@ def test_demo_model_with_retired_presence_keys_loads(no_network):
     data["presence"]["not_a_key"] = 1
     with pytest.raises(ValueError, match=r"presence\.not_a_key"):
         type(model.config).from_dict(data)
+
+
+def _folder_parts(folder):
+    from crobim.weights import text_encoder_config
+
+    return {
+        "text_config": text_encoder_config(json.loads((folder / "text_encoder_config.json").read_text())),
+        "tokenizer_dir": folder / "tokenizer",
+    }
+
+
+def _header(path):
+    from crobim.safetensors_header import read_safetensors_header
+
+    with open(path, "rb") as fh:
+        return read_safetensors_header(fh, source=str(path))
+
+
+def test_expected_tensors_are_the_built_models_without_building_it(saved):
+    """The meta-device build gives every name and shape of the real state dict and draws no random number."""
+    from crobim.weights import expected_tensors
+
+    model, folder = saved
+    torch.manual_seed(5)
+    before = torch.rand(3)
+    torch.manual_seed(5)
+    expected = expected_tensors(model.config, **_folder_parts(folder))
+    assert torch.equal(torch.rand(3), before)
+    assert expected == {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    assert expected == {k: shape for k, (_, shape) in _header(folder / "model.safetensors").tensors.items()}
+
+
+def test_check_checkpoint_header_passes_a_good_folder_and_finds_what_load_model_would(saved, tmp_path):
+    from crobim.weights import check_checkpoint_header
+
+    model, folder = saved
+    parts = _folder_parts(folder)
+    check_checkpoint_header(model.config, _header(folder / "model.safetensors"), source=str(folder), **parts)
+    edited = model.config.replace(mid={"depth": 3})
+    with pytest.raises(
+        CheckpointError, match=r"config.json does not match the config saved with the weights"
+    ):
+        check_checkpoint_header(edited, _header(folder / "model.safetensors"), source=str(folder), **parts)
+    # Without a stored config (weights saved by other code), the tensors themselves are compared.
+    tensors = load_file(str(folder / "model.safetensors"))
+    stripped = tmp_path / "model.safetensors"
+    save_file(tensors, str(stripped))
+    with pytest.raises(
+        CheckpointError, match=r"model.safetensors does not match the model: 32 missing keys \[.mid.layers.2."
+    ):
+        check_checkpoint_header(edited, _header(stripped), source=str(folder), **parts)
+
+
+def test_a_missing_stage_a_module_prefix_and_a_shape_are_named(saved, tmp_path):
+    from crobim.weights import check_checkpoint_header, compare_tensors
+
+    model, folder = saved
+    parts = _folder_parts(folder)
+    tensors = load_file(str(folder / "model.safetensors"))
+    no_stage = {k: v for k, v in tensors.items() if not k.startswith("backbone.body.stages_3.")}
+    save_file(no_stage, str(tmp_path / "a.safetensors"))
+    with pytest.raises(CheckpointError) as info:
+        check_checkpoint_header(model.config, _header(tmp_path / "a.safetensors"), source="ckpt", **parts)
+    lost = len(tensors) - len(no_stage)
+    message = str(info.value)
+    assert (
+        lost > 10
+        and f"{lost} missing keys ['backbone.body.stages_3." in message
+        and f"and {lost - 5} more" in message
+    )
+    assert "0 unexpected keys []" in message and "prefix" not in message
+
+    prefixed = {f"module.{k}": v for k, v in tensors.items()}
+    save_file(prefixed, str(tmp_path / "b.safetensors"))
+    with pytest.raises(CheckpointError, match=r"Every checkpoint key carries the prefix 'module.'"):
+        check_checkpoint_header(model.config, _header(tmp_path / "b.safetensors"), source="ckpt", **parts)
+
+    key = "mask_head.query_mlps.0.fc1.weight"
+    reshaped = dict(tensors) | {key: torch.zeros(3, 3)}
+    save_file(reshaped, str(tmp_path / "c.safetensors"))
+    with pytest.raises(CheckpointError, match=rf"1 shape mismatches \['{key}: checkpoint \(3, 3\) vs model"):
+        check_checkpoint_header(model.config, _header(tmp_path / "c.safetensors"), source="ckpt", **parts)
+
+    # One comparison serves both: the loaded state dict says the same as the header.
+    with pytest.raises(CheckpointError, match=r"Every checkpoint key carries the prefix 'module.'"):
+        compare_tensors(
+            {k: v.shape for k, v in tensors.items()}, {k: v.shape for k, v in prefixed.items()}, source="x"
+        )

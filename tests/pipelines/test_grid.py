@@ -133,3 +133,22 @@ def test_utm_zone_matches_pyproj_database(lon, lat):
     infos = query_utm_crs_info(datum_name="WGS 84", area_of_interest=AreaOfInterest(lon, lat, lon, lat))
     codes = {int(i.code) for i in infos}
     assert utm_crs_for(lon, lat).to_epsg() in codes
+
+
+def test_items_without_projection_fields_give_their_gsd_in_metres(s2_items):
+    """STAC's gsd is in metres: an item without the projection extension still sets the grid's resolution."""
+    item = s2_items[1].clone()
+    item.stac_extensions = [e for e in item.stac_extensions if "projection" not in e]
+    for fields in (item.properties, *(a.extra_fields for a in item.assets.values())):
+        for key in [k for k in fields if k.startswith("proj:")]:
+            del fields[key]
+    for asset in item.assets.values():
+        asset.extra_fields.pop("gsd", None)
+    item.properties["gsd"] = 10
+    grid = choose_grid(BRAZIL_BBOX, [item])
+    assert grid.crs == utm_crs_for(-39.4, -4.8) and grid.resolution == (10.0, 10.0)
+    del item.properties["gsd"]
+    with pytest.raises(ValueError, match="neither proj:transform nor gsd; pass --resolution"):
+        choose_grid(BRAZIL_BBOX, [item])
+    with pytest.raises(ValueError, match="not a positive pixel size"):
+        choose_grid(BRAZIL_BBOX, [item], resolution=-2.0)

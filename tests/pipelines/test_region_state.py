@@ -1,6 +1,13 @@
-"""Resume state and provenance (fingerprint, manifest, hashes), quicklook thumbnails and lattice defaults."""
+"""Resume state and provenance (fingerprint, manifest, hashes), run.json on a stop, quicklook and lattice defaults."""
 
 from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,6 +25,7 @@ from pipelines.provenance import (
     stored_fingerprint,
     write_fingerprint,
 )
+from pipelines.region_config import RegionJobConfig
 from pipelines.viz import Thumbnail, assemble_overview, make_thumbnail, render_quicklook, thumbnail_step
 
 
@@ -125,3 +133,98 @@ def test_thumbnails_tile_the_overview_exactly():
     png = render_quicklook(a, ["roofs", "ponds"])
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
     assert thumbnail_step((70, 50)) == 1 and thumbnail_step((10_000, 4096)) == 5
+
+
+@pytest.fixture
+def region_config(tmp_path: Path) -> RegionJobConfig:
+    """A small job on a one-item catalog file (no Ray needed up to the chunk pipeline)."""
+    from tests.fixtures.region_scenes import Square, write_scene
+
+    scene = write_scene(tmp_path / "www", lambda p: str(p), squares=[Square("red", 10, 10, 8, 8)])
+    catalog = tmp_path / "items.json"
+    catalog.write_text(json.dumps({"type": "FeatureCollection", "features": [scene.item]}))
+    return RegionJobConfig(
+        bbox=scene.lonlat_bbox(),
+        queries=("red",),
+        out=str(tmp_path / "out"),
+        model="tests.fixtures.predictors:factory",
+        catalog=str(catalog),
+        chunk_size_px=128,
+        progress=False,
+    )
+
+
+def _stop_with(monkeypatch: pytest.MonkeyPatch, stop: BaseException | None) -> None:
+    """Make the chunk pipeline (``region._execute``) stop the run: raise ``stop``, or send this process SIGTERM."""
+    import pipelines.region
+
+    def execute(*args: object) -> float:
+        if stop is not None:
+            raise stop
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(30)
+        raise AssertionError("SIGTERM did not interrupt the run")
+
+    monkeypatch.setattr(pipelines.region, "_execute", execute)
+
+
+def _run_json(config: RegionJobConfig) -> dict:
+    return json.loads((Path(config.out) / "run.json").read_text())
+
+
+def test_an_exception_leaves_run_json_failed_with_a_message(region_config, monkeypatch):
+    from pipelines.region import prepare_run, run_region
+
+    _stop_with(monkeypatch, RuntimeError("ActorDiedError: the inference actor died"))
+    with pytest.raises(RuntimeError, match="actor died"):
+        run_region(region_config)
+    run = _run_json(region_config)
+    assert run["status"] == "failed" and run["finished_at"]
+    assert run["message"].startswith("RuntimeError: ActorDiedError: the inference actor died")
+    assert "rerun the same command" in run["message"] and "counts" not in run
+    assert prepare_run(region_config)[2]  # the folder still resumes with the same settings
+
+
+@pytest.mark.parametrize(
+    ("stop", "cause"),
+    [(KeyboardInterrupt(), "Ctrl-C (SIGINT)"), (None, "signal SIGTERM")],
+    ids=["ctrl-c", "sigterm"],
+)
+def test_an_interrupt_leaves_run_json_interrupted(region_config, monkeypatch, stop, cause):
+    from pipelines.region import run_region
+
+    handler = signal.getsignal(signal.SIGTERM)
+    _stop_with(monkeypatch, stop)
+    with pytest.raises(KeyboardInterrupt):
+        run_region(region_config)
+    run = _run_json(region_config)
+    assert run["status"] == "interrupted" and f"interrupted by {cause}" in run["message"]
+    assert "without --overwrite" in run["message"]
+    assert signal.getsignal(signal.SIGTERM) is handler  # the run's SIGTERM handler is gone again
+
+
+def test_ctrl_c_in_the_job_prints_one_line_with_the_resume_command(region_config, monkeypatch, capsys):
+    from jobs.infer_region import main
+
+    _stop_with(monkeypatch, KeyboardInterrupt())
+    c = region_config
+    argv = ["--bbox", *map(str, c.bbox), "--catalog", str(c.catalog), "--model", c.model, "--query", "red"]
+    argv += ["--out", c.out, "--chunk-size", "128", "--no-progress", "--overwrite"]
+    assert main(argv) == 130
+    captured = capsys.readouterr()
+    lines = [line for line in captured.err.splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in captured.err, captured.err
+    assert "interrupted by Ctrl-C" in lines[0] and "resume with: " in lines[0]
+    command = lines[0].split("resume with: ", 1)[1]
+    assert command.startswith(sys.executable) and f"--out {c.out}" in command
+    assert "--overwrite" not in command and command.endswith("--no-progress")
+    assert _run_json(c)["status"] == "interrupted"
+
+
+def test_resume_command_drops_overwrite_only():
+    from pipelines.region import resume_command
+
+    cmd = resume_command(
+        ["--overw", "--query", "ponds near roads", "--overwrite", "--overlap", "8"], "job.py"
+    )
+    assert cmd == f"{sys.executable} job.py --query 'ponds near roads' --overlap 8"

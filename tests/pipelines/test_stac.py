@@ -193,7 +193,9 @@ def test_check_source_wants_exactly_one_of_api_and_catalog():
 
 def test_item_summary_short_and_full(shared_data):
     item = load_catalog(str(shared_data / "stac" / S2_FILE))[3]
-    item.remove_links("root")  # a root link would be resolved (over the network) to make hrefs absolute
+    # A root link that cannot be reached: summaries must not resolve it (run.json is written offline).
+    item.remove_links("root")
+    item.add_link(pystac.Link("root", "http://127.0.0.1:9/v1", media_type="application/json"))
     assert item.get_single_link("self") is not None
     props = item.properties
     short = item_summary(item)
@@ -208,6 +210,35 @@ def test_item_summary_short_and_full(shared_data):
     assert {k: full[k] for k in short} == short
     assert list(full["asset_hrefs"]) == sorted(item.assets)
     assert full["asset_hrefs"]["visual"] == item.assets["visual"].href
-    assert full["self_href"] == item.get_single_link("self").href
+    assert full["self_href"] == item.get_single_link("self").get_href(transform_href=False)
     item.remove_links("self")
     assert item_summary(item, full=True)["self_href"] is None
+
+
+def test_bbox_area_is_the_ellipsoidal_area_of_the_lon_lat_box():
+    import numpy as np
+    from pyproj import Geod
+
+    assert bbox_area_km2((-180.0, -90.0, 180.0, 90.0)) == pytest.approx(510_065_621.7, rel=1e-9)
+    assert bbox_area_km2((-179.9, -89.0, 179.9, 89.0)) == pytest.approx(509_703_911.5, rel=1e-9)
+    assert bbox_area_km2((0.0, 0.0, 360.0 / 4, 90.0)) == pytest.approx(510_065_621.7 / 8, rel=1e-9)
+    # Against a polygon densified along the parallels (the box's real edges), small and continental.
+    geod = Geod(ellps="WGS84")
+    for w, s, e, n in ((10.0, 44.0, 11.0, 45.0), (-100.0, 10.0, 100.0, 70.0)):
+        lons = [*np.linspace(w, e, 20_000), *np.linspace(e, w, 20_000)]
+        lats = [s] * 20_000 + [n] * 20_000
+        expected = abs(geod.polygon_area_perimeter(lons, lats)[0]) / 1e6
+        assert bbox_area_km2((w, s, e, n)) == pytest.approx(expected, rel=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("bbox", "message"),
+    [
+        ((-180.0, -90.0, 180.0, 90.0), r"510,065,622 km\^2 exceeds the limit"),
+        ((15.0, 45.0, 14.9, 45.1), "west and east look swapped"),
+        ((170.0, 0.0, -170.0, 1.0), "crosses the antimeridian"),
+    ],
+)
+def test_world_swapped_and_antimeridian_bboxes_are_told_apart(bbox, message):
+    with pytest.raises(ValueError, match=message):
+        validate_bbox(bbox, 250_000.0)
