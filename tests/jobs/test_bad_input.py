@@ -78,6 +78,10 @@ def _a_file(tmp_path: Path) -> str:
     return str(path)
 
 
+def _argv(catalog: Path, bbox, query: str, model: str) -> list[str]:
+    return ["--bbox", *map(str, bbox), "--catalog", str(catalog), "--query", query, "--model", model]
+
+
 # (case id, extra flags (given the tmp folder), --bbox override, expected exit code, expected text in stderr)
 Case = tuple[str, Callable[[Path], list[str]], tuple[float, ...] | None, int, str]
 CASES: list[Case] = [
@@ -142,16 +146,7 @@ def test_bad_input_is_refused_on_the_driver(scene, tmp_path, capsys, case, flags
 )
 def test_queries_the_model_cannot_read_well_are_warned_about(scene, tmp_path, capsys, caplog, query, message):
     catalog, bbox, _ = scene
-    argv = [
-        "--bbox",
-        *map(str, bbox),
-        "--catalog",
-        str(catalog),
-        "--query",
-        query,
-        "--model",
-        str(DEMO_MODEL),
-    ]
+    argv = _argv(catalog, bbox, query, str(DEMO_MODEL))
     assert main([*argv, "--dry-run"]) == 0
     plan = json.loads(capsys.readouterr().out)
     assert any(message in w for w in plan["warnings"]), plan["warnings"]
@@ -160,16 +155,7 @@ def test_queries_the_model_cannot_read_well_are_warned_about(scene, tmp_path, ca
 
 def test_a_tile_size_other_than_the_models_is_warned_about(scene, capsys):
     catalog, bbox, _ = scene
-    argv = [
-        "--bbox",
-        *map(str, bbox),
-        "--catalog",
-        str(catalog),
-        "--query",
-        "red",
-        "--model",
-        str(DEMO_MODEL),
-    ]
+    argv = _argv(catalog, bbox, "red", str(DEMO_MODEL))
     assert main([*argv, "--tile-size", "192", "--dry-run"]) == 0
     plan = json.loads(capsys.readouterr().out)
     assert plan["lattice"]["tile_size_px"] == 192
@@ -185,7 +171,7 @@ def test_items_without_the_projection_extension_use_their_gsd(scene, tmp_path, c
             del fields[key]
     item["properties"]["gsd"] = 20.0
     catalog.write_text(json.dumps({"type": "FeatureCollection", "features": [item]}))
-    argv = ["--bbox", *map(str, bbox), "--catalog", str(catalog), "--query", "red", "--model", FACTORY]
+    argv = _argv(catalog, bbox, "red", FACTORY)
     assert main([*argv, "--dry-run"]) == 0
     assert json.loads(capsys.readouterr().out)["resolution"] == [20.0, 20.0]
 
