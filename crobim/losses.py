@@ -1,7 +1,8 @@
 """CroBIM losses (MODEL.md §5 and §4.2; keys `loss.*`, `head.channels`, `presence.*`).
 
-2 channels: ``ce_weight`` x class-weighted CE + ``dice_weight`` x Dice_sum (Lsan2401/RMSIN ``loss/loss.py``);
-1 channel: ``ce_weight`` x pixel-weighted BCE + ``dice_weight`` x foreground Dice_sum; presence: BCE against
+2 channels (the paper presets; the LAVT/RMSIN harness): ``ce_weight`` x class-weighted CE + ``dice_weight`` x
+Dice_sum (Lsan2401/RMSIN ``loss/loss.py``; ``loss.kind = "ce"`` is yz93/LAVT-RIS ``train.py::criterion``);
+1 channel (ours): ``ce_weight`` x pixel-weighted BCE + ``dice_weight`` x foreground Dice_sum; presence: BCE against
 "the target mask is non-empty". The foreground Dice term is skipped for empty targets (``loss.dice_skip_empty``).
 """
 

@@ -72,9 +72,8 @@ def _start(config: RegionJobConfig) -> tuple[RegionPlan, dict[str, Any]]:
     with tempfile.TemporaryDirectory(prefix="crobim-items-") as tmp:
         frozen_path = str(Path(tmp) / "items.parquet")
         freeze_items(search(config), frozen_path)
-        plan = plan_region(
-            config, load_items(frozen_path), model=model
-        )  # validates before the folder is touched
+        # Everything is validated before the output folder is touched.
+        plan = plan_region(config, load_items(frozen_path), model=model)
         claim_output(config.out, overwrite=config.overwrite)
         storage.write_bytes(
             storage.join(config.out, "inputs", "items.parquet"), Path(frozen_path).read_bytes()

@@ -171,7 +171,11 @@ class CAPMConfig:
 class LGFAConfig:
     """Language-guided feature aggregation (MODEL.md §3.6; A6 ``out_stride``, A7 ``compensation``).
 
-    ``dim`` is the decoder width d shared by LGFA, MID and the heads.
+    ``dim`` is the decoder width d shared by LGFA, MID and the heads. ``pwam_out_norm`` (an InstanceNorm after the
+    word attention's output projection) and ``pwam_project_mm`` (1x1 conv + GELU on the product with G) are the two
+    parts of LAVT/RMSIN's PWAM that the reconstruction left out; they apply to every pixel-word attention (LGFA's
+    scales and, with ``backbone.in_fusion = 'pwam'``, the backbone stages). Off by default, so configs saved before
+    they existed keep their network; the paper presets turn both on.
     """
 
     _key = "lgfa"
@@ -179,6 +183,8 @@ class LGFAConfig:
     out_stride: Literal[4, 8] = 4
     compensation: Literal["gated", "residual", "se", "complementary"] = "gated"
     norm_groups: int = 32
+    pwam_out_norm: bool = False
+    pwam_project_mm: bool = False
 
     def __post_init__(self) -> None:
         _validate_section(self)
@@ -189,10 +195,17 @@ class LGFAConfig:
 
 @dataclass
 class MIDConfig:
-    """Mutual-interaction decoder (MODEL.md §3.7; A8 ``depth``)."""
+    """Mutual-interaction decoder (MODEL.md §3.7; A8 ``depth``).
+
+    ``order``: which attention of a layer runs first. ``text_first`` (the figure as drawn): the text tokens attend
+    to the pixels (the figure's "Language-to-Vision Alignment" block, whose output feeds the other block and the
+    matrix product), then the pixels attend to the updated text ("Vision-to-Language Alignment", added to V*).
+    ``pixels_first``: the reverse.
+    """
 
     _key = "mid"
     depth: int = 3
+    order: Literal["text_first", "pixels_first"] = "text_first"
     num_heads: int = 8
     pixel_ffn: bool = True
     text_ffn_ratio: int = 4
@@ -205,7 +218,12 @@ class MIDConfig:
 
 @dataclass
 class HeadConfig:
-    """Mask head (MODEL.md §3.7 ⊗ step; A9 ``channels``; ``product`` picks the pooled-query or per-token form)."""
+    """Mask head (MODEL.md §3.7 ⊗ step; A9 ``channels``; ``product`` picks the pooled-query or per-token form).
+
+    ``channels``: 2 (background, foreground) is the LAVT/RMSIN harness (class-weighted CE + Dice, ``loss.*``) that
+    the paper presets use; 1 (a foreground logit, pixel-weighted BCE + Dice) is our own variant and the dataclass
+    default, so checkpoints saved without the key keep their head.
+    """
 
     _key = "head"
     channels: Literal[1, 2] = 1
@@ -234,7 +252,13 @@ class PresenceConfig:
 
 @dataclass
 class LossConfig:
-    """Mask losses (MODEL.md §5)."""
+    """Mask losses (MODEL.md §5).
+
+    With ``head.channels = 2`` the defaults are Lsan2401/RMSIN ``loss/loss.py``: 0.9 x CE with class weights
+    (0.9 background, 1.1 foreground; the same weights as yz93/LAVT-RIS ``train.py::criterion``) + 0.1 x Dice
+    summed over batch x classes. ``kind = "ce"`` is LAVT's CE alone. With 1 channel ``class_weights`` become pixel
+    weights of the BCE.
+    """
 
     _key = "loss"
     kind: Literal["ce_dice_sum", "ce", "ce_dice_mean"] = "ce_dice_sum"
@@ -281,13 +305,19 @@ class OptimConfig:
 class WeightsConfig:
     """Pretrained backbone weights (MODEL.md §8).
 
-    ``backbone``: ``None`` (random init), a local file (loaded through timm's ``pretrained_cfg_overlay`` so its key
-    remapping runs), or ``"hub"`` (timm's default tag for ``backbone.name``; needs ``allow_download``).
+    ``backbone``: ``None`` (random init), a local ``.safetensors`` file (timm's or the original release's layout,
+    remapped by timm's filter and checked key by key in ``crobim.pretrained_layouts``), or ``"hub"`` (the paper
+    family's tag from ``crobim.pretrained.PAPER_BACKBONE_TAGS``; needs ``allow_download``).
+    ``allow_random_init``: whether a training run may start with ``backbone`` or ``text.name_or_path`` empty (random
+    initialisation). The paper presets set it false, so the training driver refuses such a run and says how to stage
+    the weights (``jobs/fetch_weights.py``); the default true keeps old checkpoints, SynRS and tiny configs as they
+    were. Loading a saved checkpoint never checks it.
     """
 
     _key = "weights"
     backbone: str | None = None
     allow_download: bool = False
+    allow_random_init: bool = True
 
     def __post_init__(self) -> None:
         _validate_section(self)

@@ -9,10 +9,13 @@ from collections.abc import Sequence
 from typing import Any
 
 import timm
+import torch
 from torch import Tensor, nn
 
 from crobim.modeling.common import LayerNorm2d
 from crobim.modeling.lgfa import PixelWordAttention
+from crobim.pretrained import hub_backbone_name
+from crobim.pretrained_layouts import load_backbone_state, read_backbone_file
 
 __all__ = ["Backbone", "StageLanguageFusion", "create_timm_features"]
 
@@ -29,7 +32,8 @@ def create_timm_features(
     model_kwargs: dict[str, Any] | None = None,
     pretrained_kwargs: dict[str, Any] | None = None,
 ) -> Any:
-    """``timm.create_model(name, features_only=True, ...)``, passing ``img_size`` to fixed-size families (Swin).
+    """``timm.create_model(name, features_only=True, ...)``, passing ``img_size`` to fixed-size families (Swin), then
+    the pretrained weights, checked against the model before they load (``crobim.pretrained_layouts``).
 
     Args:
         name: timm model name.
@@ -37,11 +41,17 @@ def create_timm_features(
         img_size: (H, W) input size.
         drop_path_rate: stochastic depth rate.
         model_kwargs: extra constructor arguments.
-        pretrained_kwargs: ``{"pretrained": True, "pretrained_cfg_overlay": {...}}`` from ``crobim.weights``; None
-            for random initialisation.
+        pretrained_kwargs: ``crobim.pretrained.backbone_pretrained_kwargs``: ``{"pretrained": True,
+            "pretrained_cfg_overlay": {"file": path}}`` for a local safetensors file, ``{"pretrained": True}`` for
+            the hub (``crobim.pretrained.hub_backbone_name``); None or ``{"pretrained": False}`` for random init.
 
     Returns:
         A timm feature extractor carrying ``feature_info`` and ``output_fmt``.
+
+    Raises:
+        CheckpointError: The weights file is truncated, not safetensors, or its keys do not match the model (the
+            message names the keys, a stray prefix and the fix).
+        OSError: The hub download failed.
     """
     if not timm.is_model(name):
         raise ValueError(f"config key backbone.name = {name!r} is not a timm model; see timm.list_models()")
@@ -51,34 +61,68 @@ def create_timm_features(
     if drop_path_rate > 0:
         kwargs["drop_path_rate"] = drop_path_rate
     pretrained = dict(pretrained_kwargs or {"pretrained": False})
+    # Random init first (the same draws as an unloaded build), then the checked load.
+    body = timm.create_model(
+        name, features_only=True, out_indices=tuple(out_indices), pretrained=False, **kwargs
+    )
+    if pretrained.get("pretrained"):
+        file = pretrained.get("pretrained_cfg_overlay", {}).get("file")
+        _load_pretrained_backbone(body, name, kwargs, file)
+    return body
+
+
+def _load_pretrained_backbone(body: nn.Module, name: str, kwargs: dict[str, Any], file: str | None) -> None:
+    """Load a local file (``file``) or the hub weights into ``body``, checked against the full model built on the
+    meta device (no memory, no random draws)."""
+    with torch.device("meta"):
+        reference = timm.create_model(name, pretrained=False, **kwargs)
+    if file is not None:
+        state, source = read_backbone_file(file), f"{file} (weights.backbone)"
+    else:
+        state = _hub_backbone_state(name, kwargs)
+        source = f"timm's {hub_backbone_name(name)!r} (weights.backbone)"
+    load_backbone_state(body, reference, state, name=name, source=source)
+
+
+def _hub_backbone_state(name: str, kwargs: dict[str, Any]) -> dict[str, Tensor]:
+    """The state dict of the paper family's hub weights for ``name`` (timm downloads; the RNG state is kept)."""
+    hub_name = hub_backbone_name(name)
     try:
-        return timm.create_model(
-            name, features_only=True, out_indices=tuple(out_indices), **pretrained, **kwargs
-        )
+        with torch.random.fork_rng(devices=[]):
+            return timm.create_model(hub_name, pretrained=True, **kwargs).state_dict()
     except (OSError, RuntimeError, ValueError) as exc:
-        if not pretrained.get("pretrained"):
-            raise
-        source = pretrained.get("pretrained_cfg_overlay", {}).get("file", f"the hub tag of {name!r}")
         raise OSError(
-            f"could not load pretrained backbone weights from {source} (weights.backbone) into {name!r}: {exc}. "
-            "Offline, point weights.backbone at a local file whose layout matches backbone.name (e.g. the "
-            "'.ms_in22k' tag for an ImageNet-22k Swin checkpoint)."
+            f"could not download the backbone weights {hub_name!r} (weights.backbone: hub) for {name!r}: {exc}. "
+            "Offline, stage them with jobs/fetch_weights.py and point weights.backbone at the local file."
         ) from exc
 
 
 class StageLanguageFusion(nn.Module):
-    """LAVT-style language fusion after a backbone stage (A1 = ``pwam``): x + gate * PWAM(x, words)."""
+    """LAVT-style language fusion after a backbone stage (A1 = ``pwam``): x + gate(m) * m, m = PWAM(x, words).
 
-    def __init__(self, *, channels: int, text_dim: int) -> None:
+    As yz93/LAVT-RIS ``lib/backbone.py::MMBasicLayer.forward`` (commit 066bcf2): only the gated language term is
+    added; the pretrained stream x itself is not re-projected (the pixel-word attention has no ``vis_proj``).
+    ``out_norm`` / ``project_mm``: LAVT's InstanceNorm and ``project_mm`` inside the PWAM (``lgfa.pwam_*``).
+    """
+
+    def __init__(
+        self, *, channels: int, text_dim: int, out_norm: bool = False, project_mm: bool = False
+    ) -> None:
         super().__init__()
         self.pwam = PixelWordAttention(
-            vis_channels=channels, text_dim=text_dim, dim=channels, out_channels=channels
+            vis_channels=channels,
+            text_dim=text_dim,
+            dim=channels,
+            out_channels=channels,
+            residual=False,
+            out_norm=out_norm,
+            project_mm=project_mm,
         )
 
     def forward(self, x: Tensor, words: Tensor, word_mask: Tensor) -> Tensor:
         """x (B, C, H, W), words (B, L, Dt), word_mask (B, L) -> (B, C, H, W)."""
-        fused, _ = self.pwam.fuse(self.pwam.prepare(x), words, word_mask)
-        return x + fused
+        term, _ = self.pwam.language_term(self.pwam.query(x), self.pwam.vis_gate_in(x), words, word_mask)
+        return x + term
 
 
 class Backbone(nn.Module):

@@ -83,7 +83,15 @@ def _build_backbone(config: CroBIMConfig, text_dim: int) -> tuple[Backbone, tupl
     channels = tuple(body.feature_info.channels())
     stage_fusions = None
     if config.backbone.in_fusion == "pwam":
-        stage_fusions = [StageLanguageFusion(channels=c, text_dim=text_dim) for c in channels]
+        stage_fusions = [
+            StageLanguageFusion(
+                channels=c,
+                text_dim=text_dim,
+                out_norm=config.lgfa.pwam_out_norm,
+                project_mm=config.lgfa.pwam_project_mm,
+            )
+            for c in channels
+        ]
     return Backbone(body, out_norm=config.backbone.out_norm, stage_fusions=stage_fusions), channels
 
 
@@ -108,6 +116,8 @@ def _build_decoder(
         out_stride=config.lgfa.out_stride,
         compensation=config.lgfa.compensation,
         norm_groups=config.lgfa.norm_groups,
+        pwam_out_norm=config.lgfa.pwam_out_norm,
+        pwam_project_mm=config.lgfa.pwam_project_mm,
     )
     mid = MID(
         dim=config.lgfa.dim,
@@ -117,6 +127,7 @@ def _build_decoder(
         text_ffn_ratio=config.mid.text_ffn_ratio,
         pixel_ffn=config.mid.pixel_ffn,
         pixel_ffn_ratio=config.mid.pixel_ffn_ratio,
+        order=config.mid.order,
     )
     mask_head = MaskHead(
         dim=config.lgfa.dim,

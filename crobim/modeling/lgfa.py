@@ -1,5 +1,5 @@
 """LGFA, language-guided feature aggregation with attention-deficit compensation (MODEL.md §3.6; keys `lgfa.dim`,
-`lgfa.out_stride` (A6), `lgfa.compensation` (A7), `lgfa.norm_groups`).
+`lgfa.out_stride` (A6), `lgfa.compensation` (A7), `lgfa.norm_groups`, `lgfa.pwam_out_norm`, `lgfa.pwam_project_mm`).
 """
 
 from __future__ import annotations
@@ -20,20 +20,37 @@ _MASKED_SCORE = -1e4
 
 
 class PixelWordAttention(nn.Module):
-    """Language-to-vision interaction at one scale (PWAM-like, after yz93/LAVT-RIS ``lib/backbone.py::PWAM``).
+    """Language-to-vision interaction at one scale (PWAM-like, after yz93/LAVT-RIS ``lib/backbone.py::PWAM``,
+    commit 066bcf2; Lsan2401/RMSIN has the same module).
 
     Pixels query the words: Q = 1x1 conv + InstanceNorm of the map, K and V = Linear of the words, scaled dot product
     over the words with padding set to -1e4, then an output projection (applied to the values, see ``fuse``). The
-    result is multiplied with a GELU projection of the map (G) and added to the map through a channel tanh gate.
+    result is multiplied with a GELU projection of the map (G), giving g; the language term is tanh-gate(g) * g, and
+    ``fuse`` adds it to a 1x1 projection of the map (``vis_proj``).
+
+    LAVT's PWAM also normalises the attention output (InstanceNorm after its output projection, no affine
+    parameters) and projects the product with G (``project_mm``: 1x1 conv + GELU); ``out_norm`` and ``project_mm``
+    turn these on (keys ``lgfa.pwam_out_norm``, ``lgfa.pwam_project_mm``). ``residual=False`` builds no
+    ``vis_proj``, for callers that add the language term to their own stream (``StageLanguageFusion``).
 
     The image-only projections (``prepare``) are separated from the word attention (``fuse``) so that ``decode``
     computes them once per image.
     """
 
-    def __init__(self, *, vis_channels: int, text_dim: int, dim: int, out_channels: int) -> None:
+    def __init__(
+        self,
+        *,
+        vis_channels: int,
+        text_dim: int,
+        dim: int,
+        out_channels: int,
+        residual: bool = True,
+        out_norm: bool = False,
+        project_mm: bool = False,
+    ) -> None:
         super().__init__()
         self.dim = dim
-        self.vis_proj = nn.Conv2d(vis_channels, out_channels, 1)
+        self.vis_proj = nn.Conv2d(vis_channels, out_channels, 1) if residual else None
         self.query = nn.Sequential(nn.Conv2d(vis_channels, dim, 1), nn.InstanceNorm2d(dim, affine=True))
         self.key = nn.Linear(text_dim, dim)
         self.value = nn.Linear(text_dim, dim)
@@ -46,15 +63,20 @@ class PixelWordAttention(nn.Module):
             nn.Conv2d(out_channels, out_channels, 1),
             nn.Tanh(),
         )
+        # Built last, and only when asked, so that the layers above draw the same seeded initialisation either way.
+        self.attn_out_norm = nn.InstanceNorm2d(dim) if out_norm else nn.Identity()
+        self.project_mm = nn.Sequential(nn.Conv2d(dim, dim, 1), nn.GELU()) if project_mm else nn.Identity()
 
     def prepare(self, fmap: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Image-only projections of ``fmap`` (B, Ci, H, W): residual (B, Co, H, W), query and G-input (B, d, H, W)."""
+        if self.vis_proj is None:
+            raise AssertionError("PixelWordAttention(residual=False) has no residual: call language_term")
         return self.vis_proj(fmap), self.query(fmap), self.vis_gate_in(fmap)
 
     def fuse(
         self, prepared: tuple[Tensor, Tensor, Tensor], words: Tensor, word_mask: Tensor
     ) -> tuple[Tensor, Tensor]:
-        """Inject the words into a prepared map.
+        """Inject the words into a prepared map: F' = residual + language term.
 
         Args:
             prepared: output of ``prepare`` for N rows.
@@ -65,6 +87,23 @@ class PixelWordAttention(nn.Module):
             F' (N, Co, H, W) and the word attention (N, HW, L).
         """
         residual, query, gate_in = prepared
+        term, attn = self.language_term(query, gate_in, words, word_mask)
+        return residual + term, attn
+
+    def language_term(
+        self, query: Tensor, gate_in: Tensor, words: Tensor, word_mask: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """The gated language term tanh-gate(g) * g, g = project(G * attention output).
+
+        Args:
+            query: (N, d, H, W), ``self.query`` of the map.
+            gate_in: (N, d, H, W), ``self.vis_gate_in`` of the map (G).
+            words: (N, L, Dt) word features.
+            word_mask: (N, L), 1 on real tokens.
+
+        Returns:
+            The term (N, Co, H, W) and the word attention (N, HW, L).
+        """
         n, d, h, w = query.shape
         q = query.flatten(2).transpose(1, 2)  # (N, d, H, W) -> (N, HW, d)
         k = self.key(words)  # (N, L, d)
@@ -74,9 +113,9 @@ class PixelWordAttention(nn.Module):
         scores = q @ k.transpose(1, 2) / d**0.5  # (N, HW, L)
         scores = scores.masked_fill(word_mask[:, None, :] == 0, _MASKED_SCORE)
         attn = scores.softmax(dim=-1)
-        out = (attn @ v).transpose(1, 2).reshape(n, d, h, w)  # (N, HW, d) -> (N, d, H, W)
-        g = self.fused_proj(gate_in * out)  # (N, Co, H, W)
-        return residual + self.gate(g) * g, attn
+        out = self.attn_out_norm((attn @ v).transpose(1, 2).reshape(n, d, h, w))  # (N, HW, d) -> (N, d, H, W)
+        g = self.fused_proj(self.project_mm(gate_in * out))  # (N, Co, H, W)
+        return self.gate(g) * g, attn
 
 
 @dataclass
@@ -126,13 +165,22 @@ class LGFA(nn.Module):
         out_stride: int,
         compensation: Literal["gated", "residual", "se", "complementary"],
         norm_groups: int,
+        pwam_out_norm: bool = False,
+        pwam_project_mm: bool = False,
     ) -> None:
         super().__init__()
         self.out_stride = out_stride
         self.compensation = compensation
         num_scales = len(in_channels)
         self.scales = nn.ModuleList(
-            PixelWordAttention(vis_channels=c, text_dim=text_dim, dim=dim, out_channels=dim)
+            PixelWordAttention(
+                vis_channels=c,
+                text_dim=text_dim,
+                dim=dim,
+                out_channels=dim,
+                out_norm=pwam_out_norm,
+                project_mm=pwam_project_mm,
+            )
             for c in in_channels
         )
         self.scale_logits = nn.Conv2d(num_scales * dim, num_scales, 3, padding=1)

@@ -25,6 +25,7 @@ __all__ = [
     "ScheduleSettings",
     "TrainConfig",
     "apply_overrides",
+    "check_initial_weights",
     "load_train_config",
     "parse_override",
 ]
@@ -303,7 +304,8 @@ def apply_overrides(raw: dict[str, Any], overrides: list[tuple[str, Any]]) -> di
     """Set dotted keys in a nested config dict (a copy is returned).
 
     Keys under `model_overrides.` are kept dotted (they address `CroBIMConfig`, checked when the model
-    is built); every other key must name a field of `TrainConfig`.
+    is built), and so are `weights.` keys, short for `model_overrides.weights.` (the refusal of random
+    initialisation names `weights.allow_random_init`); every other key must name a field of `TrainConfig`.
 
     Args:
         raw: nested config mapping (from YAML).
@@ -314,6 +316,7 @@ def apply_overrides(raw: dict[str, Any], overrides: list[tuple[str, Any]]) -> di
     """
     out = json.loads(json.dumps(raw))
     for key, value in overrides:
+        key = f"model_overrides.{key}" if key.startswith("weights.") else key
         if key.startswith("model_overrides."):
             out.setdefault("model_overrides", {})[key.removeprefix("model_overrides.")] = value
             continue
@@ -329,10 +332,12 @@ def load_train_config(path: str | Path | None, overrides: list[tuple[str, Any]] 
         overrides: (dotted key, value) pairs applied after the file.
 
     Returns:
-        The validated `TrainConfig`.
+        The validated `TrainConfig` (its model config built once, so a bad model key fails here).
 
     Raises:
         FileNotFoundError: if `path` does not exist.
+        ValueError: if the run would train from random initialisation where the model config forbids it
+            (`check_initial_weights`).
     """
     raw: dict[str, Any] = {}
     if path is not None:
@@ -340,7 +345,36 @@ def load_train_config(path: str | Path | None, overrides: list[tuple[str, Any]] 
         if not p.is_file():
             raise FileNotFoundError(f"training config {str(p)!r} not found; the shipped ones are in configs/")
         raw = yaml.safe_load(p.read_text()) or {}
-    return TrainConfig.from_dict(apply_overrides(raw, overrides or []))
+    cfg = TrainConfig.from_dict(apply_overrides(raw, overrides or []))
+    check_initial_weights(cfg, build_model_config(cfg))
+    return cfg
+
+
+def check_initial_weights(cfg: TrainConfig, model_cfg: Any) -> None:  # noqa: ANN401
+    """Refuse to train from random initialisation when `weights.allow_random_init` is false (the paper presets).
+
+    A run that starts from `init_weights` (a saved checkpoint) is never refused: its weights come from there.
+
+    Raises:
+        ValueError: `weights.backbone` or `text.name_or_path` is empty; the message gives the staging command.
+    """
+    if cfg.init_weights or model_cfg.weights.allow_random_init:
+        return
+    keys = {"weights.backbone": model_cfg.weights.backbone, "text.name_or_path": model_cfg.text.name_or_path}
+    empty = [key for key, value in keys.items() if not value]
+    if not empty:
+        return
+    from crobim.weight_staging import PAPER_WEIGHTS, config_overrides
+
+    staged = [c.key for c in PAPER_WEIGHTS.values() if c.backbone_name in (model_cfg.backbone.name, None)]
+    raise ValueError(
+        f"model {cfg.model!r} would train from random initialisation: {' and '.join(empty)} "
+        f"{'are' if len(empty) > 1 else 'is'} empty and "
+        "weights.allow_random_init is false (the paper recipe starts from pretrained weights, MODEL.md §8). "
+        "Stage them where the internet is with `python jobs/fetch_weights.py --out /weights`, copy the folder "
+        f"where every worker sees it, and add {' '.join(config_overrides('/weights', staged))} "
+        "(docs/deploy.md). To train from random initialisation anyway, add --set weights.allow_random_init=true"
+    )
 
 
 def build_model_config(cfg: TrainConfig) -> Any:  # noqa: ANN401

@@ -63,9 +63,35 @@ def test_defaults_are_the_paper_setting():
         256,
         3,
     )
-    assert config.head.channels == 1 and not config.presence.enabled
+    assert not config.presence.enabled
     for section, key in FLAG_KEYS.values():
         assert hasattr(getattr(config, section), key)
+
+
+@pytest.mark.parametrize("name", ["crobim-swin-b", "crobim-convnext-b", "crobim-region"])
+def test_paper_presets_follow_the_lavt_rmsin_readings(name):
+    """The paper presets set the family's readings explicitly (docs/model.md): the LAVT/RMSIN harness (2-channel
+    head, 0.9 x CE with class weights 0.9 / 1.1 + 0.1 x Dice summed), LAVT's PWAM parts, MID as drawn."""
+    config = get_preset(name)
+    assert config.head.channels == 2
+    assert (config.loss.kind, config.loss.ce_weight, config.loss.dice_weight) == ("ce_dice_sum", 0.9, 0.1)
+    assert config.loss.class_weights == (0.9, 1.1)
+    assert config.lgfa.pwam_out_norm and config.lgfa.pwam_project_mm
+    assert config.mid.order == "text_first"
+
+
+@pytest.mark.parametrize("name", ["crobim-tiny", "crobim-minilm"])
+def test_new_reading_flags_default_to_the_old_network(name):
+    """Configs and checkpoints written before the flags existed keep their network: the dataclass defaults (and the
+    small presets) are the 1-channel head, no PWAM InstanceNorm / project_mm, text step first."""
+    config = get_preset(name)
+    assert config.head.channels == 1
+    assert not config.lgfa.pwam_out_norm and not config.lgfa.pwam_project_mm
+    assert config.mid.order == "text_first"
+    data = config.to_dict()
+    for section, key in (("lgfa", "pwam_out_norm"), ("lgfa", "pwam_project_mm"), ("mid", "order")):
+        del data[section][key]
+    assert CroBIMConfig.from_dict(data) == config
 
 
 @pytest.mark.parametrize(
@@ -77,6 +103,8 @@ def test_defaults_are_the_paper_setting():
         ),
         ({"lgfa": {"out_stride": 16}}, r"lgfa.out_stride = 16 .*\[4, 8\]"),
         ({"head": {"channels": 3}}, r"head.channels = 3 .*\[1, 2\]"),
+        ({"mid": {"order": "l2v"}}, r"mid.order = 'l2v' .*\['text_first', 'pixels_first'\]"),
+        ({"lgfa": {"pwam_project_mm": 1}}, r"lgfa.pwam_project_mm = 1 .*boolean"),
         ({"backbone": {"in_fusion": "early"}}, r"backbone.in_fusion = 'early' .*\['plain', 'pwam'\]"),
         ({"input": {"size": [480, 500]}}, r"input.size = \(480, 500\) .*multiples of 32"),
         ({"text": {"max_len": "20"}}, r"text.max_len = '20' .*an integer"),

@@ -99,3 +99,23 @@ def test_ce_only_kind_and_shape_errors():
     assert "dice" not in loss.parts and loss.total.item() == pytest.approx(loss.parts["mask_ce"].item())
     with pytest.raises(ValueError, match="resize_mask"):
         CroBIMLoss(_config())(CroBIMOutput(torch.zeros(2, 1, 4, 4), None), torch.zeros(2, 8, 8))
+
+
+@pytest.mark.parametrize("preset", ["crobim-swin-b", "crobim-convnext-b"])
+def test_paper_presets_use_the_rmsin_harness(preset):
+    """The paper presets' mask loss is Lsan2401/RMSIN loss/loss.py (commit dff69a6) written out: 0.9 x CE with class
+    weights [0.9, 1.1] + 0.1 x Dice on softmax / one-hot targets, summed over batch x classes; `loss.kind = "ce"` is
+    yz93/LAVT-RIS train.py::criterion (CE with the same weights)."""
+    config = get_preset(preset)
+    torch.manual_seed(0)
+    logits = torch.randn(3, 2, 8, 8)
+    target = (torch.rand(3, 8, 8) > 0.6).long()
+    target[:, 0, 0] = 1  # every sample has a target, as in the paper datasets
+    ce = torch.nn.functional.cross_entropy(logits, target, weight=torch.tensor([0.9, 1.1]))
+    pred = logits.softmax(dim=1)
+    one_hot = torch.stack([(target == c).float() for c in range(2)], dim=1)
+    dice = (1 - (2 * (pred * one_hot).sum((2, 3)) + 1e-6) / ((pred + one_hot).sum((2, 3)) + 1e-6)).sum()
+    loss = CroBIMLoss(config)(CroBIMOutput(logits, None), target.float())
+    assert loss.total.item() == pytest.approx((0.9 * ce + 0.1 * dice).item(), rel=1e-5)
+    lavt = CroBIMLoss(config.replace(loss={"kind": "ce"}))(CroBIMOutput(logits, None), target.float())
+    assert lavt.total.item() == pytest.approx(ce.item(), rel=1e-6)

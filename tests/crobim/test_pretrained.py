@@ -64,3 +64,33 @@ def test_hub_ids_need_explicit_permission():
     config = get_preset("crobim-tiny").replace(weights={"backbone": "/nonexistent/swin.pth"})
     with pytest.raises(FileNotFoundError, match="weights.backbone"):
         build_model(config)
+
+
+def test_backbone_file_is_verified_through_build_model(tmp_path, no_network):
+    """The tiny preset's test_convnext from Facebook's layout loads; a stray prefix and a pickle are named."""
+    import re
+
+    import timm
+
+    from crobim.errors import CheckpointError
+
+    source = timm.create_model("test_convnext", pretrained=False)
+    state = {}
+    for key, value in source.state_dict().items():  # timm -> facebookresearch/ConvNeXt keys
+        key = key.replace("stem.", "downsample_layers.0.")
+        key = re.sub(r"^stages\.(\d+)\.downsample\.", r"downsample_layers.\1.", key)
+        key = re.sub(r"^stages\.(\d+)\.blocks\.(\d+)\.", r"stages.\1.\2.", key)
+        key = key.replace("conv_dw", "dwconv").replace("mlp.fc", "pwconv").replace("head.norm.", "norm.")
+        state[key.replace("head.fc.", "head.")] = value.contiguous()
+    path = tmp_path / "convnext_fb.safetensors"
+    save_file(state, str(path))
+    model = build_model(get_preset("crobim-tiny").replace(weights={"backbone": str(path)}))
+    assert torch.equal(
+        model.backbone.body.stages_3.blocks[0].mlp.fc1.weight, source.stages[3].blocks[0].mlp.fc1.weight
+    )
+    save_file({f"module.{k}": v for k, v in state.items()}, str(path))
+    with pytest.raises(CheckpointError, match=r"convnext_fb.safetensors.*prefix 'module\.'"):
+        build_model(get_preset("crobim-tiny").replace(weights={"backbone": str(path)}))
+    torch.save(source.state_dict(), tmp_path / "convnext.pth")
+    with pytest.raises(CheckpointError, match=r"convnext.pth \(weights.backbone\) is a PyTorch zip file"):
+        build_model(get_preset("crobim-tiny").replace(weights={"backbone": str(tmp_path / "convnext.pth")}))

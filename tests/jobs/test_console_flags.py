@@ -18,7 +18,7 @@ def _parser(name: str):
     return mod.build_parser()
 
 
-@pytest.mark.parametrize("name", ["evaluate", "infer_region", "make_synthetic", "train"])
+@pytest.mark.parametrize("name", ["evaluate", "fetch_weights", "infer_region", "make_synthetic", "train"])
 def test_every_job_takes_log_level(name):
     parser = _parser(name)
     options = {o for a in parser._actions for o in a.option_strings}

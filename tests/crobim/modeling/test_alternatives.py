@@ -33,6 +33,17 @@ ALTERNATIVES = {
     "A9-tokens-product": {"head": {"channels": 2, "product": "tokens"}, "loss": {"kind": "ce"}},
     "A10-max-len-50": {"text": {"max_len": 50}},
     "bert-layers-0-9": {"text": {"train_layers": "0-9"}},
+    "paper-readings": {
+        "head": {"channels": 2},
+        "loss": {"kind": "ce_dice_sum", "class_weights": (0.9, 1.1)},
+        "lgfa": {"pwam_out_norm": True, "pwam_project_mm": True},
+        "mid": {"order": "text_first"},
+    },
+    "A1-pwam-lavt-parts": {
+        "backbone": {"in_fusion": "pwam"},
+        "lgfa": {"pwam_out_norm": True, "pwam_project_mm": True},
+    },
+    "mid-pixels-first": {"mid": {"order": "pixels_first"}},
 }
 
 

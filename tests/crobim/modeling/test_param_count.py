@@ -37,4 +37,4 @@ def test_paper_presets_forward_at_480(name):
     tokens = model.tokenize(["the large white building"])
     with torch.no_grad():
         out = model(torch.randn(1, 3, 480, 480), **tokens)
-    assert out.logits.shape == (1, 1, 480, 480) and torch.isfinite(out.logits).all()
+    assert out.logits.shape == (1, model.config.head.channels, 480, 480) and torch.isfinite(out.logits).all()

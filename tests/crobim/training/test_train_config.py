@@ -61,7 +61,8 @@ def test_num_to_keep_protects_latest():
 
 @pytest.mark.parametrize("path", sorted((REPO / "configs").glob("*.yaml")), ids=lambda p: p.name)
 def test_shipped_configs_load(path):
-    cfg = load_train_config(path)
+    # The paper configs refuse random init (tests/crobim/training/test_initial_weights.py); allowed here.
+    cfg = load_train_config(path, [("weights.allow_random_init", True)])
     model_cfg = build_model_config(cfg)
     if path.name.startswith(("swin-b", "convnext-b")):
         assert model_cfg.input.size == (480, 480)
