@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from pipelines.region_config import RegionJobConfig
     from pipelines.run_document import RegionResult
 
-__all__ = ["build_parser", "config_from_args", "main", "parse_args"]
+__all__ = ["build_parser", "config_from_args", "main", "parse_args", "with_demo_defaults"]
 
 
 class _AppendReplacingDefault(argparse.Action):
@@ -201,7 +201,13 @@ def _print_summary(r: RegionResult) -> None:
 def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, DemoSetup | None]:
     """Parse the command line; with ``--demo``, the demo's inputs are the defaults and the user's flags win."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    return with_demo_defaults(parser, parser.parse_args(argv), argv)
+
+
+def with_demo_defaults(
+    parser: argparse.ArgumentParser, args: argparse.Namespace, argv: list[str] | None
+) -> tuple[argparse.Namespace, DemoSetup | None]:
+    """``args`` as they are without ``--demo``; with it, parsed again with the demo's inputs as the defaults."""
     if not args.demo:
         return args, None
     from pipelines.demo.setup import DEMO_OUT, DEMO_QUERIES, demo_model_path, demo_torch_threads, prepare_demo
@@ -223,13 +229,14 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, DemoSetup | 
 
 def main(argv: list[str] | None = None) -> int:
     """Parse, plan or run, print the summary; returns the exit code."""
-    args = build_parser().parse_args(argv)
-    configure_logging(args.log_level)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    configure_logging(args.log_level)  # before the demo region is generated: it logs its progress
     from pipelines.errors import PipelineError
     from pipelines.provenance import FingerprintMismatchError
 
     try:
-        args, demo = parse_args(argv)
+        args, demo = with_demo_defaults(parser, args, argv)
         config = config_from_args(args)
         if args.dry_run:
             from pipelines.plan import plan_region
