@@ -79,8 +79,8 @@ def preprocess_images(
             )
         out.append(x)
     batch = torch.cat(out, dim=0)
-    mean_t = torch.tensor(mean, dtype=batch.dtype).view(1, 3, 1, 1)
-    std_t = torch.tensor(std, dtype=batch.dtype).view(1, 3, 1, 1)
+    mean_t = torch.tensor(mean, dtype=batch.dtype, device=batch.device).view(1, 3, 1, 1)
+    std_t = torch.tensor(std, dtype=batch.dtype, device=batch.device).view(1, 3, 1, 1)
     return (batch - mean_t) / std_t
 
 

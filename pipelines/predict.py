@@ -224,13 +224,15 @@ class CroBIMPredictor:
 
     Args:
         model: A built CroBIM model (any device); it is put in eval mode.
-        device: Torch device to run on (default: the model's).
+        device: Torch device (default: the model's); on CUDA uint8 tiles move pinned, non-blocking (``preprocess``).
         gate_presence: Zero the mask of a tile-query pair whose presence probability is below
             ``model.config.presence.threshold`` (only when the model has the presence head).
         pairs_per_pass: Tile-query pairs whose pixel side (LGFA, MID, heads) is decoded at a time
             (``CroBIM.decode``); default one on CPU, where a pair's pixel activations then stay in cache (1.2-1.4x
             faster per pair than one pass over 4-16 pairs, docs/benchmarks.md), and all of a micro-batch's pairs
             in one pass on GPU. Without feature caching: the pairs of one paired forward, at most a tile's Q.
+        channels_last: Run in the channels-last memory layout (opt-in; benchmarks/fast_paths.py measures it).
+        compile: ``torch.compile`` the model's parts (``CroBIM.compile_parts``; opt-in, the first batches compile).
     """
 
     def __init__(
@@ -239,6 +241,8 @@ class CroBIMPredictor:
         device: str | None = None,
         gate_presence: bool = True,
         pairs_per_pass: int | None = None,
+        channels_last: bool = False,
+        compile: bool = False,
     ) -> None:
         import torch
 
@@ -250,11 +254,14 @@ class CroBIMPredictor:
             )
         self.tile_size = height
         self.device = torch.device(device) if device else next(model.parameters()).device
-        self.model = model.to(self.device).eval()
+        self.channels_last = channels_last
+        layout = torch.channels_last if channels_last else torch.preserve_format
+        self.model = model.to(self.device, memory_format=layout).eval()
+        if compile:
+            self.model.compile_parts()
         self.gate_presence = gate_presence and bool(model.config.presence.enabled)
-        # Image features are shared by a tile's queries unless the backbone fuses each query into them.
-        self.cache_image_features = bool(model.config.runtime.cache_image_features) and not bool(
-            model.backbone.needs_text
+        self.cache_image_features = (  # shared by a tile's queries unless the backbone fuses each query in
+            model.config.runtime.cache_image_features and not model.backbone.needs_text
         )
         self.presence_threshold = float(model.config.presence.threshold)
         if pairs_per_pass is None and self.device.type == "cpu":
@@ -269,11 +276,9 @@ class CroBIMPredictor:
         if key not in self._text_cache:
             import torch
 
-            tokens = self.model.tokenize(list(queries))
+            tokens = self.model.tokenize(list(queries))  # on the model's device
             with torch.inference_mode():
-                feats = self.model.encode_text(
-                    tokens["input_ids"].to(self.device), tokens["attention_mask"].to(self.device)
-                )
+                feats = self.model.encode_text(tokens["input_ids"], tokens["attention_mask"])
             self._text_cache[key] = feats
             self.counts["text_encodes"] += len(queries)
         return self._text_cache[key]
@@ -290,7 +295,9 @@ class CroBIMPredictor:
         txt = self._text_features(queries)
         b, s = tiles.shape[0], tiles.shape[1]
         with torch.inference_mode(), autocast(self.device):
-            pixels = self.model.preprocess(tiles).to(self.device)  # (B, S, S, 3) uint8 -> (B, 3, H, W) float
+            pixels = self.model.preprocess(tiles)  # (B, S, S, 3) uint8 -> (B, 3, H, W) float on the device
+            if self.channels_last:
+                pixels = pixels.contiguous(memory_format=torch.channels_last)
             logits, presence = self._logits(pixels, txt, (s, s))  # (B, Q, C, S, S), (B, Q) or None
             prob = foreground_probability(logits.float())  # (B, Q, C, S, S) -> (B, Q, S, S)
             if self.gate_presence and presence is not None:
@@ -309,8 +316,7 @@ class CroBIMPredictor:
                 self.model.encode_image(pixels), txt, pairs_per_pass=self.pairs_per_pass, output_size=size
             )
             return out.logits, out.presence_logit
-        # Plain paired forwards over copies of each tile, at most pairs_per_pass pairs at a time: each (tile, query)
-        # pair encodes the image itself.
+        # Paired forwards over copies of each tile (each pair encodes the image), pairs_per_pass pairs at a time.
         num_queries = len(txt)
         step = self.pairs_per_pass or num_queries
         logits, presence = [], []
@@ -354,6 +360,7 @@ def load_predictor(
     device: str | None = None,
     expected_sha256: str | None = None,
     gate_presence: bool = True,
+    **options: Any,
 ) -> RegionPredictor:
     """Build the predictor that ``--model`` names.
 
@@ -363,7 +370,7 @@ def load_predictor(
         device: Torch device for a CroBIM checkpoint (default: CUDA when available, else CPU).
         expected_sha256: Checkpoint folder hash (:func:`pipelines.provenance.folder_sha256`) that the copy
             must match; checked before loading.
-        gate_presence: Passed to :class:`CroBIMPredictor`.
+        gate_presence: Passed to :class:`CroBIMPredictor`, as are ``options`` (``channels_last``, ``compile``).
 
     Returns:
         An object following :class:`RegionPredictor`.
@@ -390,4 +397,4 @@ def load_predictor(
             )
     dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
     net = load_model(str(folder), map_location=dev)
-    return CroBIMPredictor(net, device=dev, gate_presence=gate_presence)
+    return CroBIMPredictor(net, device=dev, gate_presence=gate_presence, **options)

@@ -121,7 +121,9 @@ class StageLanguageFusion(nn.Module):
 
     def forward(self, x: Tensor, words: Tensor, word_mask: Tensor) -> Tensor:
         """x (B, C, H, W), words (B, L, Dt), word_mask (B, L) -> (B, C, H, W)."""
-        term, _ = self.pwam.language_term(self.pwam.query(x), self.pwam.vis_gate_in(x), words, word_mask)
+        term, _ = self.pwam.language_term(
+            self.pwam.query(x), self.pwam.vis_gate_in(x), words, word_mask, need_weights=False
+        )
         return x + term
 
 

@@ -14,9 +14,40 @@ from torch import Tensor, nn
 
 from crobim.modeling.common import MLP, masked_mean
 
-__all__ = ["LGFA", "LGFAImageState", "PixelWordAttention"]
+__all__ = ["LGFA", "LGFAImageState", "PixelWordAttention", "word_attention"]
 
 _MASKED_SCORE = -1e4
+
+
+def word_attention(
+    q: Tensor, k: Tensor, v: Tensor, word_mask: Tensor, *, need_weights: bool
+) -> tuple[Tensor, Tensor | None]:
+    """Pixels attend to the words: softmax(q k^T / sqrt(d)) v with padded words excluded.
+
+    Without ``need_weights`` this is ``F.scaled_dot_product_attention`` (fused, the (HW, L) weights are never
+    stored); with it the weights are computed explicitly and returned, since SDPA cannot return them and computing
+    them beside it costs more than this (benchmarks/fast_paths.py). A row whose words are all padding attends
+    uniformly to them, as the former -1e4 fill gave (its keys are zeroed and unmasked): finite, never NaN.
+
+    Args:
+        q: (N, HW, d) pixel queries.
+        k: (N, L, d) word keys.
+        v: (N, L, dv) word values.
+        word_mask: (N, L), 1 on real tokens.
+        need_weights: also return the attention weights.
+
+    Returns:
+        The output (N, HW, dv) and the weights (N, HW, L) or None.
+    """
+    valid = word_mask.bool()  # (N, L)
+    empty = ~valid.any(dim=1, keepdim=True)  # (N, 1): no real word at all
+    valid = valid | empty
+    k = k.masked_fill(empty[:, :, None], 0.0)  # zero keys: equal scores, uniform weights
+    if not need_weights:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=valid[:, None, :]), None
+    scores = q @ k.transpose(1, 2) / q.shape[-1] ** 0.5  # (N, HW, L)
+    attn = scores.masked_fill(~valid[:, None, :], _MASKED_SCORE).softmax(dim=-1)
+    return attn @ v, attn
 
 
 class PixelWordAttention(nn.Module):
@@ -88,11 +119,12 @@ class PixelWordAttention(nn.Module):
         """
         residual, query, gate_in = prepared
         term, attn = self.language_term(query, gate_in, words, word_mask)
+        assert attn is not None
         return residual + term, attn
 
     def language_term(
-        self, query: Tensor, gate_in: Tensor, words: Tensor, word_mask: Tensor
-    ) -> tuple[Tensor, Tensor]:
+        self, query: Tensor, gate_in: Tensor, words: Tensor, word_mask: Tensor, need_weights: bool = True
+    ) -> tuple[Tensor, Tensor | None]:
         """The gated language term tanh-gate(g) * g, g = project(G * attention output).
 
         Args:
@@ -100,9 +132,11 @@ class PixelWordAttention(nn.Module):
             gate_in: (N, d, H, W), ``self.vis_gate_in`` of the map (G).
             words: (N, L, Dt) word features.
             word_mask: (N, L), 1 on real tokens.
+            need_weights: return the word attention; without it the fused ``scaled_dot_product_attention`` runs
+                (see :func:`word_attention`).
 
         Returns:
-            The term (N, Co, H, W) and the word attention (N, HW, L).
+            The term (N, Co, H, W) and the word attention (N, HW, L), or None without ``need_weights``.
         """
         n, d, h, w = query.shape
         q = query.flatten(2).transpose(1, 2)  # (N, d, H, W) -> (N, HW, d)
@@ -110,10 +144,8 @@ class PixelWordAttention(nn.Module):
         # attn_out (a 1x1 conv) acts on a convex combination of the values, so it is applied to the L values
         # instead of the HW outputs: the same result, HW / L times cheaper per image-query pair.
         v = F.linear(self.value(words), self.attn_out.weight.flatten(1), self.attn_out.bias)  # (N, L, d)
-        scores = q @ k.transpose(1, 2) / d**0.5  # (N, HW, L)
-        scores = scores.masked_fill(word_mask[:, None, :] == 0, _MASKED_SCORE)
-        attn = scores.softmax(dim=-1)
-        out = self.attn_out_norm((attn @ v).transpose(1, 2).reshape(n, d, h, w))  # (N, HW, d) -> (N, d, H, W)
+        out, attn = word_attention(q, k, v, word_mask, need_weights=need_weights)  # (N, HW, d), (N, HW, L)
+        out = self.attn_out_norm(out.transpose(1, 2).reshape(n, d, h, w))  # (N, HW, d) -> (N, d, H, W)
         g = self.fused_proj(self.project_mm(gate_in * out))  # (N, Co, H, W)
         return self.gate(g) * g, attn
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -84,6 +85,16 @@ class CroBIMOutput:
     aux: DecodeAux = field(default_factory=DecodeAux)
 
 
+def _check_pair_index(pair_index: Tensor, num_images: int, num_queries: int) -> None:
+    """``decode``'s pair_index: shape (Q,); values in [0, B), read only on the host (no sync): on an accelerator
+    ``index_select`` checks them."""
+    if pair_index.shape != (num_queries,):
+        raise ValueError(f"pair_index has shape {tuple(pair_index.shape)}; expected ({num_queries},)")
+    on_host = pair_index.device.type == "cpu"
+    if on_host and num_queries and (int(pair_index.min()) < 0 or int(pair_index.max()) >= num_images):
+        raise ValueError(f"pair_index values must lie in [0, {num_images}); got {pair_index.tolist()}")
+
+
 class CroBIM(nn.Module):
     """Cross-modal bidirectional interaction model for referring remote-sensing image segmentation.
 
@@ -135,10 +146,33 @@ class CroBIM(nn.Module):
         """uint8 (H, W, 3) images (one, a list, or a (B, H, W, 3) array) -> normalised (B, 3, H, W) at
         ``input.size`` on the model's device."""
         cfg = self.config.input
+        device = self.device
+        if device.type == "cuda" and isinstance(images, np.ndarray | Tensor) and images.ndim == 4:
+            # A uint8 batch crosses to the GPU as uint8 (a quarter of the float bytes), from pinned memory without
+            # blocking the host; resizing and normalising then run on the GPU.
+            images = torch.as_tensor(images).pin_memory().to(device, non_blocking=True)
         batch = preprocess_images(
             images, size=cfg.size, mean=cfg.mean, std=cfg.std, interpolation=cfg.interpolation
         )
-        return batch.to(self.device)
+        return batch.to(device)
+
+    def compile_parts(self, **options: Any) -> CroBIM:
+        """``torch.compile`` (in place, ``nn.Module.compile``) every part that runs per tile or per image-query
+        pair: backbone, text encoder, CAPM, LGFA, MID and the heads. Parameter names stay the same, so checkpoints
+        save and load as before. Opt-in (``CroBIMPredictor(compile=True)``): the first calls of each new shape
+        compile (minutes for the paper presets).
+
+        Args:
+            options: ``torch.compile`` keyword arguments (e.g. ``mode="max-autotune"``, ``dynamic=False``).
+
+        Returns:
+            The model itself.
+        """
+        for part in (self.backbone, self.text.encoder, self.capm, self.lgfa, self.mid, self.mask_head):
+            part.compile(**options)
+        if self.presence_head is not None:
+            self.presence_head.compile(**options)
+        return self
 
     # ---------------------------------------------------------------------------------------------- encoders
     def _check_images(self, images: Tensor) -> None:
@@ -231,15 +265,11 @@ class CroBIM(nn.Module):
         num_images, num_queries = len(img), len(txt)
         device = img.maps[0].device
         if pair_index is None:
-            image_rows = torch.arange(num_images, device=device).repeat_interleave(num_queries)  # (B*Q,)
-            text_rows = torch.arange(num_queries, device=device).repeat(num_images)  # (B*Q,)
+            grid = (num_images, num_queries)
+            image_rows = torch.arange(num_images, device=device)[:, None].expand(grid).reshape(-1)  # (B*Q,)
+            text_rows = torch.arange(num_queries, device=device)[None, :].expand(grid).reshape(-1)  # (B*Q,)
         else:
-            if pair_index.shape != (num_queries,):
-                raise ValueError(f"pair_index has shape {tuple(pair_index.shape)}; expected ({num_queries},)")
-            if num_queries and (int(pair_index.min()) < 0 or int(pair_index.max()) >= num_images):
-                raise ValueError(
-                    f"pair_index values must lie in [0, {num_images}); got {pair_index.tolist()}"
-                )
+            _check_pair_index(pair_index, num_images, num_queries)
             image_rows, text_rows = pair_index.to(device=device, dtype=torch.long), None  # query i <-> pair i
         if pairs_per_pass is not None and pairs_per_pass < 1:
             raise ValueError(f"pairs_per_pass must be None or >= 1; got {pairs_per_pass}")
