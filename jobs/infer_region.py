@@ -19,6 +19,7 @@ import sys
 from typing import TYPE_CHECKING
 
 from crobim.cli import add_console_arguments, configure_logging
+from pipelines.query_grammar import DEFAULT_NEAR_M
 
 if TYPE_CHECKING:
     from pipelines.demo.setup import DemoSetup
@@ -41,6 +42,38 @@ class _AppendReplacingDefault(argparse.Action):
         items = getattr(namespace, self.dest, None)
         items = [] if items is None or items is self.default else list(items)
         setattr(namespace, self.dest, [*items, values])
+
+
+def _add_query_arguments(p: argparse.ArgumentParser) -> None:
+    """The queries, their relations and the model."""
+    q = p.add_argument_group("queries and model")
+    q.add_argument(
+        "--query", action=_AppendReplacingDefault, default=[], help="plain-language query (repeatable)"
+    )
+    q.add_argument("--model", help="CroBIM checkpoint folder (local or s3://) or package.module:factory")
+    q.add_argument(
+        "--relations",
+        choices=("auto", "vector", "model"),
+        default="auto",
+        help="auto: 'X near Y'-style queries are answered in vector space over the region, the rest by the model; "
+        "vector: refuse queries that do not parse as relations; model: every query to the model as is "
+        "(docs/queries.md)",
+    )
+    q.add_argument(
+        "--near-m", type=float, default=DEFAULT_NEAR_M, help="distance of 'near' / 'not near' (metres)"
+    )
+    q.add_argument(
+        "--inside-share", type=float, default=0.5, help="share of X's area inside Y for 'X inside Y'"
+    )
+    q.add_argument("--touch-m", type=float, help="tolerance of 'touching' (m; default: one output pixel)")
+    q.add_argument(
+        "--object-min-area",
+        type=float,
+        help="a relation's object polygons below this area (m^2) are speckle (default: ten output pixels)",
+    )
+    q.add_argument("--threshold", type=float, default=0.5, help="probability cut for polygons")
+    q.add_argument("--min-area", type=float, default=0.0, help="drop polygons below this area (m^2)")
+    q.add_argument("--simplify", type=float, help="simplify polygons with this tolerance (m)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -68,14 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     where.add_argument("--nodata", type=float, help="override the assets' nodata value")
 
-    q = p.add_argument_group("queries and model")
-    q.add_argument(
-        "--query", action=_AppendReplacingDefault, default=[], help="plain-language query (repeatable)"
-    )
-    q.add_argument("--model", help="CroBIM checkpoint folder (local or s3://) or package.module:factory")
-    q.add_argument("--threshold", type=float, default=0.5, help="probability cut for polygons")
-    q.add_argument("--min-area", type=float, default=0.0, help="drop polygons below this area (m^2)")
-    q.add_argument("--simplify", type=float, help="simplify polygons with this tolerance (m)")
+    _add_query_arguments(p)
 
     g = p.add_argument_group("grid and tiling")
     g.add_argument(
@@ -97,6 +123,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--read-cpus", type=float, default=1.0, help="CPUs reserved per read task")
     r.add_argument("--write-cpus", type=float, default=1.0, help="CPUs reserved per write task")
     r.add_argument("--torch-threads", type=int, help="torch threads per actor (default: its CPUs)")
+    r.add_argument("--channels-last", action="store_true", help="CroBIM in channels-last memory format")
+    r.add_argument(
+        "--compile", action="store_true", help="torch.compile CroBIM's parts (first calls compile: minutes)"
+    )
     r.add_argument(
         "--inference-resource",
         help="custom Ray resource the inference actors request (1 each), e.g. inference",
@@ -157,6 +187,11 @@ def config_from_args(args: argparse.Namespace) -> RegionJobConfig:
         margin_px=args.margin,
         blend=args.blend,
         threshold=args.threshold,
+        relations=args.relations,
+        near_m=args.near_m,
+        inside_share=args.inside_share,
+        touch_m=args.touch_m,
+        object_min_area_m2=args.object_min_area,
         min_area_m2=args.min_area,
         simplify_m=args.simplify,
         batch_size=args.batch_size,
@@ -166,6 +201,8 @@ def config_from_args(args: argparse.Namespace) -> RegionJobConfig:
         read_cpus=args.read_cpus,
         write_cpus=args.write_cpus,
         torch_threads=args.torch_threads,
+        channels_last=args.channels_last,
+        compile_model=args.compile,
         inference_resource=args.inference_resource,
         overwrite=args.overwrite,
         html=args.html,
@@ -185,11 +222,11 @@ def _print_summary(r: RegionResult) -> None:
     print(
         f"  tiles: {c['tiles']} ({c['tile_query_decodes']} tile-query decodes), imagery: {c['valid_km2']:.3f} km^2"
     )
-    for query, n in r.polygons_per_query.items():
+    for query, n in r.polygons_per_query.items():  # answer polygons (sub-queries are in the file too)
         print(f"  polygons for {query!r}: {n}")
     print(
         f"  throughput: {t['tiles_per_s']:.2f} tiles/s, {t['km2_per_h']:.1f} km^2/h "
-        f"(GSD {t['gsd_m']:.2f} m, Q = {t['queries']}, rho = {t['rho']:.2f}); "
+        f"(GSD {t['gsd_m']:.2f} m, {t['expressions']} expressions decoded, rho = {t['rho']:.2f}); "
         f"time: {t['total_s']:.1f} s (pipeline {t['pipeline_s']:.1f} s)"
     )
     for f in r.failures:
@@ -220,6 +257,7 @@ def with_demo_defaults(
         "out": DEMO_OUT,
         "torch_threads": demo_torch_threads(),
         "html": True,
+        "near_m": setup.near_m,  # the demo region's own "near" rule, which its truth uses
     }
     if args.stac_url is None:
         defaults["catalog"] = str(setup.catalog)

@@ -95,7 +95,7 @@ def _actor_kwargs(plan: RegionPlan, thumb_step: int) -> dict[str, Any]:
     return {
         "model": c.model,
         "model_sha256": plan.model.sha256,
-        "queries": list(c.queries),
+        "queries": list(plan.expressions),
         "lattice": asdict(plan.lattice),
         "blend": c.blend,
         "batch_size": c.batch_size,
@@ -103,6 +103,7 @@ def _actor_kwargs(plan: RegionPlan, thumb_step: int) -> dict[str, Any]:
         "threshold": c.threshold,
         "torch_threads": c.torch_threads or max(1, round(c.cpus_per_actor)),
         "device": "cuda" if c.gpus_per_actor > 0 else "cpu",
+        "predictor_options": {"channels_last": c.channels_last, "compile": c.compile_model},
     }
 
 
@@ -141,6 +142,6 @@ def execute_chunks(plan: RegionPlan, todo: list[ChunkSpec], thumb_step: int) -> 
             num_gpus=c.gpus_per_actor or None,
             resources={c.inference_resource: 1} if c.inference_resource else None,
         )
-        sink = RegionDatasink(c.out, plan.grid.to_dict(), list(c.queries), c.threshold, min_area_px)
+        sink = RegionDatasink(c.out, plan.grid.to_dict(), list(plan.expressions), c.threshold, min_area_px)
         ds.write_datasink(sink, ray_remote_args={"num_cpus": c.write_cpus})
     return time.perf_counter() - start

@@ -23,6 +23,10 @@ __all__ = ["RegionPlan", "plan_region", "search"]
 
 logger = logging.getLogger(__name__)
 
+#: Default size (output pixels) below which an object polygon of a relation is speckle: a fragment of a few pixels
+#: is a segmentation artefact, not a road a pond can be near (docs/queries.md, measured in docs/benchmarks.md).
+OBJECT_MIN_PIXELS = 10
+
 #: Distribution whose version is recorded in the fingerprint (outputs of different versions never mix).
 _PROJECT = "crobim-geo"
 
@@ -58,6 +62,25 @@ class RegionPlan:
         return self.grid.pixel_area_m2((self.config.bbox[1] + self.config.bbox[3]) / 2)
 
     @property
+    def expressions(self) -> tuple[str, ...]:
+        """The distinct referring expressions the model decodes on every tile (``masks.zarr``'s queries)."""
+        return self.config.query_plan().expressions
+
+    @property
+    def touch_m(self) -> float:
+        """``touching`` tolerance in metres: ``--touch-m``, else one output pixel."""
+        if self.config.touch_m is not None:
+            return self.config.touch_m
+        return float(self.pixel_area_m2**0.5)
+
+    @property
+    def object_min_area_m2(self) -> float:
+        """Relation objects below this area are speckle: ``--object-min-area``, else ten output pixels."""
+        if self.config.object_min_area_m2 is not None:
+            return self.config.object_min_area_m2
+        return float(OBJECT_MIN_PIXELS * self.pixel_area_m2)
+
+    @property
     def radiometry(self) -> RadiometryConfig:
         """The radiometry constants of this run."""
         return RadiometryConfig(nodata=self.config.nodata)
@@ -81,7 +104,9 @@ class RegionPlan:
             "batch_size": c.batch_size,
             "radiometry": self.radiometry.to_dict(),
             "max_items_per_chunk": c.max_items_per_chunk,
-            "queries": list(c.queries),
+            # The chunks depend on the decoded expressions only: relations are evaluated when finalising, so a
+            # rerun that changes a relation (or --near-m) resumes and re-finalises without decoding again.
+            "expressions": list(self.expressions),
             "threshold": c.threshold,
             "min_area_m2": c.min_area_m2,
             "simplify_m": c.simplify_m,
@@ -91,11 +116,22 @@ class RegionPlan:
             "project_version": project_version,
         }
 
+    def relation_settings(self) -> dict[str, Any]:
+        """Each query's parse, the distinct expressions and the relation parameters (dry-run, ``run.json``)."""
+        c = self.config
+        return {
+            **c.query_plan().to_json(),
+            "inside_share": c.inside_share,
+            "touch_m": round(self.touch_m, 6),
+            "object_min_area_m2": round(self.object_min_area_m2, 6),
+        }
+
     def to_json(self) -> dict[str, Any]:
         """The plan as printed by ``--dry-run``."""
         non_empty = [c for c in self.chunks if not c.empty]
         return {
             "queries": list(self.config.queries),
+            "query_plan": self.relation_settings(),
             "items": [item_summary(it) for it in self.items],
             "crs": {"epsg": self.grid.epsg(), "wkt": self.grid.crs_wkt},
             "resolution": list(self.grid.resolution),
@@ -193,7 +229,7 @@ def plan_region(
         for c in chunks
         if not c.empty
     }
-    found = query_warnings(resolved, config.queries)
+    found = query_warnings(resolved, config.query_plan().expressions)
     for message in found:
         logger.warning("%s", message)
     return RegionPlan(config, selected, grid, lattice, chunks, resolved, tiles, [*resolved.warnings, *found])

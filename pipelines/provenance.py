@@ -53,7 +53,17 @@ FINGERPRINT_FILE = "fingerprint.json"
 #: Top-level folders a region run writes into ``--out``; with :data:`RUN_FILES`, all that ``--overwrite`` deletes.
 RUN_FOLDERS = frozenset({STATE_DIR, "_parts", "inputs", "masks.zarr"})
 #: Top-level files a region run writes (``demo_report.json``: the ``--demo`` report, written beside the run).
-RUN_FILES = frozenset({"run.json", "polygons.parquet", "quicklook.png", "map.html", "demo_report.json"})
+RUN_FILES = frozenset(
+    {
+        "run.json",
+        "item.json",
+        "polygons.parquet",
+        "quicklook.png",
+        "map.html",
+        "demo_report.json",
+        "summary.parquet",
+    }
+)
 #: Files that show a run owns the folder (the first ones a fresh run writes after claiming it).
 _RUN_MARKERS = ((STATE_DIR, FINGERPRINT_FILE), ("inputs", "items.parquet"))
 _MARKER_ENTRIES = frozenset({STATE_DIR, "inputs"})

@@ -91,14 +91,39 @@ def prepare_run(config: RegionJobConfig) -> tuple[RegionPlan, dict[str, Any], bo
     return (*_start(config), False)
 
 
-def _execute(plan: RegionPlan, todo: list[Any], thumb_step: int, address: str | None) -> float:
-    """Chunks on Ray (started here unless it is up already); returns the pipeline's wall time in seconds."""
-    if not todo:
-        return 0.0
-    from pipelines.execute import execute_chunks, ray_runtime
+def _ray_is_up() -> bool:
+    """Whether this process is connected to Ray already (without importing it)."""
+    ray = sys.modules.get("ray")
+    return bool(ray is not None and ray.is_initialized())
 
-    with ray_runtime(address):
-        return execute_chunks(plan, todo, thumb_step)
+
+def _execute_and_finalise(
+    plan: RegionPlan, manifest: RunManifest, todo: list[Any], thumb_step: int, address: str | None
+) -> tuple[dict[str, float], list[str], list[dict[str, Any]], Any]:
+    """Chunks on Ray (started here unless it is up already), then finalise while it is still up.
+
+    Returns:
+        ``pipeline_s`` and ``finalise_s``, the done chunk ids, the failures and the output polygons.
+    """
+    from pipelines.finalise import finalise_outputs
+
+    with contextlib.ExitStack() as stack:
+        pipeline_s = 0.0
+        if todo:
+            from pipelines.execute import execute_chunks, ray_runtime
+
+            stack.enter_context(ray_runtime(address))
+            pipeline_s = execute_chunks(plan, todo, thumb_step)
+        t1 = time.perf_counter()
+        planned = {ch.chunk_id for ch in plan.chunks}
+        done = [cid for cid in manifest.done_ids() if cid in planned]
+        failures = [
+            manifest.read_failed(cid) for cid in manifest.failed_ids() if cid in planned and cid not in done
+        ]
+        # The relation step's partitions run on Ray when it is up (a resume with nothing to do stays local).
+        polygons = finalise_outputs(plan, done, thumb_step, "ray" if _ray_is_up() else "local")
+        times = {"pipeline_s": pipeline_s, "finalise_s": time.perf_counter() - t1}
+        return times, done, failures, polygons
 
 
 def _sigterm_handler(signum: int, frame: object) -> None:
@@ -133,14 +158,14 @@ def _process(
     config: RegionJobConfig, plan: RegionPlan, doc: dict[str, Any], t0: float, address: str | None
 ) -> RegionResult:
     """Execute the chunks left to do and finalise; returns the result whose document is the final run.json."""
-    from pipelines.finalise import finalise_outputs
+    from pipelines.stac_output import write_output_item
     from pipelines.viz import thumbnail_step
     from pipelines.write import create_zarr_template
 
     create_zarr_template(
         storage.join(config.out, "masks.zarr"),
         plan.grid,
-        list(config.queries),
+        list(plan.expressions),
         zarr_chunk_px=config.chunk_size_px,
         attrs={"crobim:fingerprint": doc["fingerprint"]},
     )
@@ -157,32 +182,26 @@ def _process(
         len(todo),
     )
     plan_s = time.perf_counter() - t0
-    # Execute: the chunk pipeline on Ray.
-    pipeline_s = _execute(plan, todo, thumb_step, address)
-    # Finalise: polygons, quicklook and map from every done chunk, then run.json.
-    t1 = time.perf_counter()
-    planned = {ch.chunk_id for ch in plan.chunks}
-    done = [cid for cid in manifest.done_ids() if cid in planned]
-    failures = [
-        manifest.read_failed(cid) for cid in manifest.failed_ids() if cid in planned and cid not in done
-    ]
-    polygons = finalise_outputs(plan, done, thumb_step)
+    # Execute the chunk pipeline on Ray, then finalise: polygons and relations, quicklook, map; then run.json.
+    times, done, failures, polygons = _execute_and_finalise(plan, manifest, todo, thumb_step, address)
     summaries = {cid: manifest.read_done(cid) for cid in done}
     this_run = [summaries[cid] for cid in done if cid not in done_before]
     counts = chunk_counts(plan, summaries, len(this_run), done_before, failures, polygons)
     timings = {
         "plan_s": round(plan_s, 3),
-        "pipeline_s": round(pipeline_s, 3),
-        "finalise_s": round(time.perf_counter() - t1, 3),
+        "pipeline_s": round(times["pipeline_s"], 3),
+        "finalise_s": round(times["finalise_s"], 3),
         "total_s": round(time.perf_counter() - t0, 3),
         "read_task_s": round(sum(s.get("read_s", 0.0) for s in this_run), 3),
         "infer_actor_s": round(sum(s.get("infer_s", 0.0) for s in this_run), 3),
         "write_task_s": round(sum(s.get("write_s", 0.0) for s in this_run), 3),
     }
-    rates = throughput(plan, sum(s.get("n_tiles", 0) for s in this_run), pipeline_s)
-    per_query = {q: int((polygons["query_id"] == k).sum()) for k, q in enumerate(config.queries)}
+    rates = throughput(plan, sum(s.get("n_tiles", 0) for s in this_run), times["pipeline_s"])
+    answers = polygons[polygons["role"] == "answer"]
+    per_query = {q: int((answers["query"] == q).sum()) for q in config.queries}
     doc = finished_document(doc, plan, counts, failures, timings, rates, per_query)
     write_run_json(config.out, doc)
+    write_output_item(config.out, plan, doc)  # the run in STAC terms: assets, inputs, model, software
     return RegionResult(config.out, doc["status"], counts, failures, per_query, {**timings, **rates}, doc)
 
 

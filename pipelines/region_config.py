@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from pipelines.queries import validate_queries
+from pipelines.query_grammar import DEFAULT_NEAR_M, QueryPlan, RelationsMode, plan_queries
 from pipelines.stac import check_source, validate_bbox
 
 __all__ = ["RegionJobConfig"]
@@ -39,6 +40,11 @@ class RegionJobConfig:
     margin_px: int | None = None
     blend: Literal["cosine", "clip"] = "cosine"
     threshold: float = 0.5
+    relations: RelationsMode = "auto"
+    near_m: float = DEFAULT_NEAR_M
+    inside_share: float = 0.5
+    touch_m: float | None = None
+    object_min_area_m2: float | None = None
     min_area_m2: float = 0.0
     simplify_m: float | None = None
     batch_size: int = 4
@@ -50,6 +56,8 @@ class RegionJobConfig:
     read_cpus: float = 1.0
     write_cpus: float = 1.0
     torch_threads: int | None = None
+    channels_last: bool = False
+    compile_model: bool = False
     inference_resource: str | None = None
     read_attempts: int = 5
     read_backoff_s: float = 1.0
@@ -84,6 +92,15 @@ class RegionJobConfig:
             ("max_tiles", self.max_tiles, self.max_tiles is None or self.max_tiles >= 1, ">= 1"),
             ("max_area_km2", self.max_area_km2, self.max_area_km2 is None or self.max_area_km2 > 0, "> 0"),
             ("min_area_m2", self.min_area_m2, self.min_area_m2 >= 0, ">= 0"),
+            ("near_m", self.near_m, self.near_m > 0, "> 0 metres"),
+            ("inside_share", self.inside_share, 0.0 < self.inside_share <= 1.0, "in (0, 1]"),
+            ("touch_m", self.touch_m, self.touch_m is None or self.touch_m >= 0, ">= 0 metres"),
+            (
+                "object_min_area_m2",
+                self.object_min_area_m2,
+                self.object_min_area_m2 is None or self.object_min_area_m2 >= 0,
+                ">= 0 m^2",
+            ),
             (
                 "max_items_per_chunk",
                 self.max_items_per_chunk,
@@ -99,6 +116,11 @@ class RegionJobConfig:
         # Queries and bbox are checked and normalised here, once: the plan and the search take them as they are.
         object.__setattr__(self, "queries", tuple(validate_queries(list(self.queries))))
         object.__setattr__(self, "bbox", validate_bbox(self.bbox, self.max_area_km2))
+        self.query_plan()  # a query --relations vector cannot parse is refused here, with the grammar
+
+    def query_plan(self) -> QueryPlan:
+        """Each query's parse (plain, or subject + relations) and the distinct expressions the model decodes."""
+        return plan_queries(list(self.queries), self.relations, self.near_m)
 
     def search_settings(self) -> dict[str, Any]:
         """The search part of the settings (hashed into the fingerprint, recorded in run.json)."""

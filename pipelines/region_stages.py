@@ -126,6 +126,7 @@ class PredictorActor:
         threshold: Mask threshold (for thumbnails; polygons use the same cut).
         torch_threads: Intra-op threads for torch (None: leave as is).
         device: Torch device for CroBIM (None: CUDA if visible, else CPU).
+        predictor_options: ``CroBIMPredictor`` options (``channels_last``, ``compile``).
     """
 
     def __init__(
@@ -140,6 +141,7 @@ class PredictorActor:
         threshold: float,
         torch_threads: int | None = None,
         device: str | None = None,
+        predictor_options: dict[str, Any] | None = None,
     ) -> None:
         from pipelines.blend import TileLattice
         from pipelines.predict import load_predictor
@@ -149,7 +151,9 @@ class PredictorActor:
 
             torch.set_num_threads(torch_threads)
         start = time.perf_counter()
-        self.predictor = load_predictor(model, device=device, expected_sha256=model_sha256)
+        self.predictor = load_predictor(
+            model, device=device, expected_sha256=model_sha256, **(predictor_options or {})
+        )
         self.load_s = time.perf_counter() - start
         self.queries = list(queries)
         self.lattice = TileLattice(**lattice)

@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 from common import storage
+from pipelines.answers import output_queries
 from pipelines.plan import RegionPlan
 from pipelines.provenance import file_sha256, fingerprint, package_versions, write_run_json
 from pipelines.stac import item_summary
@@ -30,7 +31,7 @@ __all__ = [
 _MESSAGE_CHARS = 4000
 
 #: Outputs every run writes, relative to ``--out``.
-_OUTPUTS = ("masks.zarr", "polygons.parquet", "quicklook.png", "inputs/items.parquet")
+_OUTPUTS = ("masks.zarr", "polygons.parquet", "quicklook.png", "item.json", "inputs/items.parquet")
 
 
 @dataclass
@@ -91,6 +92,11 @@ def started_document(
         "items": [item_summary(it, full=True) for it in plan.items],
         "model": plan.model.info,
         "queries": list(c.queries),
+        "query_plan": plan.relation_settings(),
+        "output_queries": [
+            {"query_id": k, "query": text, "role": role}
+            for k, (text, role) in enumerate(output_queries(c.query_plan()))
+        ],
         "warnings": list(plan.warnings),
         "radiometry": plan.radiometry.to_dict(),
         "versions": package_versions(),
@@ -141,6 +147,7 @@ def throughput(plan: RegionPlan, tiles: int, pipeline_s: float) -> dict[str, Any
         "rho": round(rho, 4),
         "gsd_m": round(float(np.sqrt(plan.pixel_area_m2)), 6),
         "queries": len(c.queries),
+        "expressions": len(plan.expressions),
     }
 
 

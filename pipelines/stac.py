@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 import warnings
 from collections.abc import Callable, Sequence
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import pystac
+
+if TYPE_CHECKING:
+    import pystac_client
 
 from pipelines.errors import CatalogError, NoItemsError
 from pipelines.stac_files import load_catalog
@@ -28,8 +32,10 @@ __all__ = [
     "BBox",
     "bbox_area_km2",
     "check_source",
+    "conforms_to_sort",
     "item_summary",
     "search_items",
+    "sortby_for",
     "validate_bbox",
 ]
 
@@ -136,18 +142,65 @@ def check_source(stac_url: str | None, catalog: str | None) -> None:
         raise ValueError("give exactly one of --stac-url URL or --catalog FILE")
 
 
+#: Conformance classes of the STAC API sort extension (v1.0.0 and its betas and release candidates).
+_SORT_CONFORMANCE = re.compile(r"^https://api\.stacspec\.org/v1\.0\.0(-(rc|beta)\.\d+)?/item-search#sort$")
+
+
+def conforms_to_sort(conforms_to: Sequence[str]) -> bool:
+    """Whether a STAC API's ``conformsTo`` list declares the item-search sort extension (``sortby``)."""
+    return any(_SORT_CONFORMANCE.match(str(c).strip()) for c in conforms_to)
+
+
+def sortby_for(prefer: Literal["cloud", "recent"]) -> list[str]:
+    """The ``sortby`` fields of the selection order (least cloudy or most recent first; the other one next)."""
+    if prefer == "recent":
+        return ["-properties.datetime", "+properties.eo:cloud_cover"]
+    return ["+properties.eo:cloud_cover", "-properties.datetime"]
+
+
+def _search_kwargs(
+    client: pystac_client.Client,
+    bbox: BBox,
+    datetime: DatetimeRange | None,
+    collections: Sequence[str] | None,
+    max_cloud: float | None,
+    prefer: Literal["cloud", "recent"],
+) -> dict[str, Any]:
+    """pystac-client search arguments: server-side filters and sort where the API declares them."""
+    import pystac_client
+
+    kwargs: dict[str, Any] = {"bbox": list(bbox), "max_items": MAX_FETCH, "limit": 100}
+    if collections:
+        kwargs["collections"] = list(collections)
+    if datetime is not None:
+        kwargs["datetime"] = datetime.to_stac()
+    if max_cloud is not None:
+        if client.conforms_to(pystac_client.ConformanceClasses.FILTER):
+            kwargs["filter"] = {"op": "<=", "args": [{"property": "eo:cloud_cover"}, max_cloud]}
+            kwargs["filter_lang"] = "cql2-json"
+        elif client.conforms_to(pystac_client.ConformanceClasses.QUERY):
+            kwargs["query"] = {"eo:cloud_cover": {"lte": max_cloud}}
+    if conforms_to_sort(client.get_conforms_to()):
+        # So that a search hitting MAX_FETCH drops the items the selection would rank last.
+        kwargs["sortby"] = sortby_for(prefer)
+    else:
+        logger.debug("STAC API %s does not declare the sort extension: no sortby sent", client.self_href)
+    return kwargs
+
+
 def _search_api(
     url: str,
     bbox: BBox,
     datetime: DatetimeRange | None,
     collections: Sequence[str] | None,
     max_cloud: float | None,
-    modifier: Callable[..., Any] | None,
-    request_modifier: Callable[..., Any] | None,
+    prefer: Literal["cloud", "recent"],
+    modifiers: tuple[Callable[..., Any] | None, Callable[..., Any] | None],
 ) -> list[pystac.Item]:
     import pystac_client
     from pystac_client.exceptions import APIError
 
+    modifier, request_modifier = modifiers
     try:
         client = pystac_client.Client.open(
             url, modifier=modifier, request_modifier=request_modifier, timeout=API_TIMEOUT_S
@@ -166,21 +219,7 @@ def _search_api(
             f"{url} does not offer STAC item search (a static catalog.json is not searchable); "
             "point --stac-url at an API root or use --catalog with an items file"
         )
-    kwargs: dict[str, Any] = {
-        "bbox": list(bbox),
-        "max_items": MAX_FETCH,
-        "limit": 100,
-    }
-    if collections:
-        kwargs["collections"] = list(collections)
-    if datetime is not None:
-        kwargs["datetime"] = datetime.to_stac()
-    if max_cloud is not None:
-        if client.conforms_to(pystac_client.ConformanceClasses.FILTER):
-            kwargs["filter"] = {"op": "<=", "args": [{"property": "eo:cloud_cover"}, max_cloud]}
-            kwargs["filter_lang"] = "cql2-json"
-        elif client.conforms_to(pystac_client.ConformanceClasses.QUERY):
-            kwargs["query"] = {"eo:cloud_cover": {"lte": max_cloud}}
+    kwargs = _search_kwargs(client, bbox, datetime, collections, max_cloud, prefer)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # DoesNotConformTo notices: filters are re-applied client-side
@@ -244,11 +283,19 @@ def search_items(
     if limit is not None and limit < 1:
         raise ValueError(f"limit {limit} must be a positive integer")
     if stac_url is not None:
-        candidates = _search_api(stac_url, box, rng, collections, max_cloud, modifier, request_modifier)
+        modifiers = (modifier, request_modifier)
+        candidates = _search_api(stac_url, box, rng, collections, max_cloud, prefer, modifiers)
         source = stac_url
     else:
         assert catalog is not None
-        candidates = load_catalog(catalog)
+        candidates = load_catalog(
+            catalog,
+            bbox=box,
+            datetime=rng,
+            collections=collections,
+            max_cloud=max_cloud,
+            allow_missing_cloud=allow_missing_cloud,
+        )
         source = catalog
     kept = filter_items(candidates, box, rng, collections, max_cloud, allow_missing_cloud, required_assets)
     ordered = sort_items(deduplicate(kept), prefer)

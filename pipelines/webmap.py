@@ -182,8 +182,21 @@ def _query_layers(
             geometry=[_round_coords(g) for g in subset.geometry],
             crs=_LONLAT,
         )
+        _add_relation_fields(table, subset)
         layers.append((query, query_color(index), table, total))
     return layers
+
+
+def _add_relation_fields(table: gpd.GeoDataFrame, subset: gpd.GeoDataFrame) -> None:
+    """Popup fields of a composed query's answers (relation, distance to the nearest object) and the role."""
+    if "role" in subset.columns:
+        table["role"] = subset["role"].astype(str).to_numpy()
+    if "relation" in subset.columns and subset["relation"].notna().any():
+        table["relation"] = subset["relation"].fillna("").astype(str).to_numpy()
+        table["distance"] = [
+            "" if not np.isfinite(d) else f"{d:,.1f} m to {n}"
+            for d, n in zip(subset["distance_m"].astype(float), subset["nearest_id"], strict=True)
+        ]
 
 
 def _fit_bounds(
@@ -213,8 +226,14 @@ def _check_polygons(polygons: gpd.GeoDataFrame, queries: list[str], max_per_quer
 
 
 def _query_group(query: str, color: str, table: gpd.GeoDataFrame) -> folium.FeatureGroup:
-    """One query's layer: its polygons in its colour, with a popup (query, scores, area, id) and a tooltip."""
-    group = folium.FeatureGroup(name=html.escape(query), show=True)
+    """One query's layer: its polygons in its colour, with a popup (query, scores, area, id, relation, distance)
+    and a tooltip; a sub-query's layer (an input of a relation) starts hidden."""
+    sub_query = "role" in table.columns and len(table) > 0 and bool((table["role"] == "sub-query").all())
+    label = f"{query} (sub-query)" if sub_query else query
+    group = folium.FeatureGroup(name=html.escape(label), show=not sub_query)
+    fields = [("query", "Query"), ("relation", "Relation"), ("distance", "Nearest object"),
+              ("score", "Score (mean / max)"), ("area", "Area"), ("polygon", "Polygon")]  # fmt: skip
+    fields = [(name, alias) for name, alias in fields if name in table.columns]
     if len(table):
         style = {"color": color, "weight": 2, "opacity": 1.0, "fillColor": color, "fillOpacity": 0.3}
         folium.GeoJson(
@@ -223,8 +242,8 @@ def _query_group(query: str, color: str, table: gpd.GeoDataFrame) -> folium.Feat
             style_function=lambda _feature, style=style: style,
             highlight_function=lambda _feature: {"weight": 4, "fillOpacity": 0.5},
             popup=folium.GeoJsonPopup(
-                fields=["query", "score", "area", "polygon"],
-                aliases=["Query", "Score (mean / max)", "Area", "Polygon"],
+                fields=[name for name, _ in fields],
+                aliases=[alias for _, alias in fields],
                 localize=False,
             ),
             tooltip=folium.GeoJsonTooltip(fields=["query"], labels=False),

@@ -1,9 +1,16 @@
-"""Zarr v3 output: template with CF grid mapping and GeoZarr attributes, whole-chunk region writes (PIPELINE.md §4).
+"""Zarr v2 output that xarray, rioxarray and GDAL open as they are (PIPELINE.md §4).
 
-Layout of ``masks.zarr`` (``consolidated=False``): ``prob`` (query, y, x) uint8 = round(255 p), ``valid`` (y, x)
-uint8 0/1, coordinates ``query`` (int16), ``y``/``x`` (float64 pixel centres) and the CF grid mapping
-``spatial_ref`` (``crs_wkt``, ``spatial_ref``, ``GeoTransform``), referenced by ``grid_mapping``. No
-``_FillValue`` attribute, so xarray keeps uint8. Read back with ``xarray.open_zarr(..., decode_coords="all")``.
+Layout of ``masks.zarr``: ``prob`` (query, y, x) uint8 = round(255 p), ``valid`` (y, x) uint8 0/1, coordinates
+``query`` (int16), ``y``/``x`` (float64 pixel centres) and the CF grid mapping ``spatial_ref`` (``crs_wkt``,
+``spatial_ref``, ``GeoTransform``), referenced by ``grid_mapping`` and named in ``coordinates``, so plain
+``xarray.open_zarr`` makes it a coordinate and rioxarray finds the CRS. GeoZarr ``proj:``/``spatial:`` attributes
+with their ``zarr_conventions`` entries on the group and on the data arrays.
+
+Zarr v2 with a zstd compressor, because rasterio's bundled GDAL (3.10) reads it (CRS from the CF
+``grid_mapping``, transform from the ``x``/``y`` coordinates) while its Zarr v3 reader predates the final v3
+codecs ("Unsupported codec: bytes"). Metadata is consolidated (``.zmetadata``) when the template is created;
+chunk writes never change it. No fill value in the metadata, so xarray keeps uint8 (no ``_FillValue`` mask)
+and unwritten chunks read as 0 in zarr-python and GDAL alike.
 """
 
 from __future__ import annotations
@@ -14,19 +21,46 @@ from typing import Any
 
 import numpy as np
 import zarr
+from numcodecs import Zstd
 from pyproj import CRS as ProjCRS
-from zarr.codecs import ZstdCodec
 
 from common import storage, storage_adapters
 from pipelines.grid import ChunkSpec, OutputGrid
 
-__all__ = ["ZSTD_LEVEL", "create_zarr_template", "geozarr_attrs", "open_masks", "write_zarr_chunk"]
+__all__ = [
+    "ZARR_CONVENTIONS",
+    "ZSTD_LEVEL",
+    "create_zarr_template",
+    "geozarr_attrs",
+    "open_masks",
+    "write_zarr_chunk",
+]
 
 logger = logging.getLogger(__name__)
 
 #: Fixed codec settings: resumed runs rewrite byte-identical chunks.
 ZSTD_LEVEL = 3
 _TEMPLATE_KEYS = ("grid", "queries", "zarr_chunk_px")
+_DIMS = "_ARRAY_DIMENSIONS"  # Zarr v2 dimension names (xarray, GDAL)
+
+#: The GeoZarr conventions' registration entries (``zarr_conventions``) at their v0.1 tags, as their specifications
+#: give them (https://github.com/zarr-conventions/proj, https://github.com/zarr-conventions/spatial).
+ZARR_CONVENTIONS: list[dict[str, str]] = [
+    {
+        "schema_url": "https://raw.githubusercontent.com/zarr-conventions/proj/refs/tags/v0.1/schema.json",
+        "spec_url": "https://github.com/zarr-conventions/proj/blob/v0.1/README.md",
+        "uuid": "f17cb550-5864-4468-aeb7-f3180cfb622f",
+        "name": "proj",
+        "description": "Coordinate reference system information for geospatial data",
+    },
+    {
+        "schema_url": "https://raw.githubusercontent.com/zarr-conventions/spatial/refs/tags/v0.1/schema.json",
+        "spec_url": "https://github.com/zarr-conventions/spatial/blob/v0.1/README.md",
+        "uuid": "689b58e2-cf7b-45e0-9fff-9cfc0883d6b4",
+        "name": "spatial",
+        "description": "Spatial coordinate information",
+    },
+]
 
 
 def _gdal_geotransform(grid: OutputGrid) -> str:
@@ -35,22 +69,22 @@ def _gdal_geotransform(grid: OutputGrid) -> str:
 
 
 def geozarr_attrs(grid: OutputGrid) -> dict[str, Any]:
-    """GeoZarr modular-convention attributes (``proj:``, ``spatial:``) for the grid."""
-    crs = ProjCRS.from_wkt(grid.crs_wkt)
-    epsg = crs.to_epsg()
-    a, b, c, d, e, f = grid.transform
+    """GeoZarr ``proj:`` and ``spatial:`` convention attributes for the grid, with their ``zarr_conventions``.
+
+    The CRS is ``proj:code`` when it has an EPSG code, else ``proj:wkt2`` (the convention takes exactly one).
+    """
+    epsg = ProjCRS.from_wkt(grid.crs_wkt).to_epsg()
+    crs_attr = {"proj:code": f"EPSG:{epsg}"} if epsg is not None else {"proj:wkt2": grid.crs_wkt}
     minx, miny, maxx, maxy = grid.bounds
-    attrs: dict[str, Any] = {
-        "proj:wkt2": grid.crs_wkt,
+    return {
+        "zarr_conventions": [dict(c) for c in ZARR_CONVENTIONS],
+        **crs_attr,
         "spatial:dimensions": ["y", "x"],
-        "spatial:transform": [a, b, c, d, e, f],
+        "spatial:transform": [float(v) for v in grid.transform],
         "spatial:bbox": [minx, miny, maxx, maxy],
         "spatial:shape": [grid.height, grid.width],
         "spatial:registration": "pixel",
     }
-    if epsg is not None:
-        attrs["proj:code"] = f"EPSG:{epsg}"
-    return attrs
 
 
 def _grid_mapping_attrs(grid: OutputGrid) -> dict[str, Any]:
@@ -87,11 +121,15 @@ def _template_signature(grid: OutputGrid, queries: Sequence[str], zarr_chunk_px:
 
 def _keep_existing_template(uri: str, signature: dict[str, Any]) -> bool:
     """True when ``uri`` holds a template with ``signature`` (resume); refuse a store with other settings."""
-    if not storage.exists(storage.join(uri, "zarr.json")):
+    if storage.exists(storage.join(uri, "zarr.json")):
+        raise FileExistsError(
+            f"{uri} holds a Zarr v3 store written by an older version (masks.zarr is now Zarr v2, "
+            "which GDAL reads); use another --out or pass --overwrite"
+        )
+    if not storage.exists(storage.join(uri, ".zgroup")):
         return False
-    existing = zarr.open_group(storage_adapters.zarr_store(uri, read_only=True), mode="r").attrs.get(
-        "crobim:template"
-    )
+    root = zarr.open_group(storage_adapters.zarr_store(uri, read_only=True), mode="r", zarr_format=2)
+    existing = root.attrs.get("crobim:template")
     if existing == signature:
         logger.info("Zarr template %s exists with the same settings; keeping it", uri)
         return True
@@ -106,69 +144,51 @@ def _keep_existing_template(uri: str, signature: dict[str, Any]) -> bool:
 def _create_data_arrays(root: zarr.Group, grid: OutputGrid, q: int, zarr_chunk_px: int) -> None:
     """The empty ``prob`` (query, y, x) and ``valid`` (y, x) arrays, chunked ``zarr_chunk_px`` square."""
     h, w, zc = grid.height, grid.width, zarr_chunk_px
-    root.create_array(
-        "prob",
-        shape=(q, h, w),
-        chunks=(1, min(zc, h), min(zc, w)),
-        dtype="uint8",
-        fill_value=0,
-        compressors=[ZstdCodec(level=ZSTD_LEVEL)],
-        dimension_names=["query", "y", "x"],
-        attributes={
-            "long_name": "probability x 255, rounded",
-            "grid_mapping": "spatial_ref",
-            "valid_range": [0, 255],
-        },
-    )
-    root.create_array(
-        "valid",
-        shape=(h, w),
-        chunks=(min(zc, h), min(zc, w)),
-        dtype="uint8",
-        fill_value=0,
-        compressors=[ZstdCodec(level=ZSTD_LEVEL)],
-        dimension_names=["y", "x"],
-        attributes={"long_name": "imagery present (1) or not (0)", "grid_mapping": "spatial_ref"},
-    )
+    geo = {**geozarr_attrs(grid), "grid_mapping": "spatial_ref", "coordinates": "spatial_ref"}
+    for name, shape, chunks, dims, long_name in (
+        ("prob", (q, h, w), (1, min(zc, h), min(zc, w)), ["query", "y", "x"], "probability x 255, rounded"),
+        ("valid", (h, w), (min(zc, h), min(zc, w)), ["y", "x"], "imagery present (1) or not (0)"),
+    ):
+        extra = {"valid_range": [0, 255]} if name == "prob" else {}
+        root.create_array(
+            name,
+            shape=shape,
+            chunks=chunks,
+            dtype="uint8",
+            fill_value=None,
+            compressors=Zstd(level=ZSTD_LEVEL),
+            attributes={_DIMS: dims, "long_name": long_name, **extra, **geo},
+        )
 
 
 def _write_coordinates(root: zarr.Group, grid: OutputGrid, q: int) -> None:
     """The ``x``/``y`` pixel-centre coordinates, the ``query`` index and the ``spatial_ref`` grid mapping."""
-    compressors = [ZstdCodec(level=ZSTD_LEVEL)]
     a, _, c, _, e, f = grid.transform
     x = c + a * (np.arange(grid.width, dtype=np.float64) + 0.5)
     y = f + e * (np.arange(grid.height, dtype=np.float64) + 0.5)
-    for name, values in (("x", x), ("y", y)):
+    query = np.arange(q, dtype=np.int16)
+    for name, values, attrs in (
+        ("x", x, _coord_attrs(grid, "x")),
+        ("y", y, _coord_attrs(grid, "y")),
+        ("query", query, {"long_name": "query index into the 'queries' attribute"}),
+    ):
         arr = root.create_array(
             name,
             shape=values.shape,
             chunks=values.shape,
-            dtype="float64",
-            fill_value=np.nan,
-            compressors=compressors,
-            dimension_names=[name],
-            attributes=_coord_attrs(grid, name),
+            dtype=values.dtype,
+            fill_value=None,
+            compressors=Zstd(level=ZSTD_LEVEL),
+            attributes={_DIMS: [name], **attrs},
         )
         arr[:] = values
-    qarr = root.create_array(
-        "query",
-        shape=(q,),
-        chunks=(q,),
-        dtype="int16",
-        fill_value=-1,
-        compressors=compressors,
-        dimension_names=["query"],
-        attributes={"long_name": "query index into the 'queries' attribute"},
-    )
-    qarr[:] = np.arange(q, dtype=np.int16)
     sref = root.create_array(
         "spatial_ref",
         shape=(),
         dtype="int32",
-        fill_value=0,
+        fill_value=None,
         compressors=None,
-        dimension_names=[],
-        attributes=_grid_mapping_attrs(grid),
+        attributes={_DIMS: [], **_grid_mapping_attrs(grid)},
     )
     sref[()] = 0
 
@@ -181,7 +201,7 @@ def create_zarr_template(
     attrs: dict[str, Any] | None = None,
     overwrite: bool = False,
 ) -> None:
-    """Write the store's metadata and coordinates once (no data chunks).
+    """Write the store's metadata and coordinates once (no data chunks), then consolidate the metadata.
 
     An existing template with the same grid, queries and chunking is kept (resume); a different one
     is refused.
@@ -195,7 +215,8 @@ def create_zarr_template(
         overwrite: Replace an existing store.
 
     Raises:
-        FileExistsError: If a store with other settings exists and ``overwrite`` is False.
+        FileExistsError: If a store with other settings (or an older Zarr v3 one) exists and ``overwrite``
+            is False.
         ValueError: For no queries or a bad chunk size.
     """
     if not queries:
@@ -207,7 +228,8 @@ def create_zarr_template(
         return
     if overwrite and storage.exists(uri):
         storage.remove(uri, recursive=True)
-    root = zarr.open_group(storage_adapters.zarr_store(uri), mode="w", zarr_format=3)
+    store = storage_adapters.zarr_store(uri)
+    root = zarr.open_group(store, mode="w", zarr_format=2)
     root.attrs.update(
         {
             **geozarr_attrs(grid),
@@ -220,6 +242,7 @@ def create_zarr_template(
     )
     _create_data_arrays(root, grid, len(queries), zarr_chunk_px)
     _write_coordinates(root, grid, len(queries))
+    zarr.consolidate_metadata(store, zarr_format=2)
     logger.info(
         "created Zarr template %s (%d queries, %d x %d px, chunks %d)",
         uri,
@@ -247,7 +270,7 @@ def write_zarr_chunk(
     Raises:
         ValueError: If shapes, dtype or alignment do not match the store.
     """
-    root = zarr.open_group(storage_adapters.zarr_store(uri), mode="r+")
+    root = zarr.open_group(storage_adapters.zarr_store(uri), mode="r+", zarr_format=2)
     parr = root["prob"]
     varr = root["valid"]
     assert isinstance(parr, zarr.Array) and isinstance(varr, zarr.Array)
@@ -273,9 +296,10 @@ def write_zarr_chunk(
 
 
 def open_masks(uri: str) -> Any:
-    """Open ``masks.zarr`` with xarray (``decode_coords="all"``, so ``spatial_ref`` is a coordinate)."""
+    """Open ``masks.zarr`` as an xarray Dataset: plain ``xarray.open_zarr`` (lazy, dask-chunked as stored).
+
+    ``spatial_ref`` is a coordinate, so ``ds.rio.crs`` and ``ds.prob.rio.transform()`` work as they are.
+    """
     import xarray as xr
 
-    return xr.open_zarr(
-        storage_adapters.zarr_store(uri, read_only=True), consolidated=False, decode_coords="all"
-    )
+    return xr.open_zarr(storage_adapters.zarr_store(uri, read_only=True))

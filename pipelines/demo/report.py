@@ -13,6 +13,7 @@ from shapely.strtree import STRtree
 
 from common import storage
 from pipelines.demo.setup import TRUTH_RULES, DemoSetup
+from pipelines.query_grammar import parse_query
 
 __all__ = ["format_demo_report", "score_polygons", "write_demo_report"]
 
@@ -143,14 +144,55 @@ def score_polygons(
     }
 
 
-def _truth_for(truth: gpd.GeoDataFrame, query: str) -> gpd.GeoDataFrame | None:
+_DETERMINERS = {"all", "the", "a", "an", "every", "each", "any", "some"}
+
+
+def _class_of(expression: str, classes: set[str]) -> str | None:
+    """The truth class an expression names ("all ponds", "the river", "roads"), if it names exactly one."""
+    words = expression.lower().split()
+    if len(words) == 2 and words[0] in _DETERMINERS or len(words) == 1:
+        noun = words[-1]
+        for candidate in (noun, noun[:-1] if noun.endswith("s") else noun):
+            if candidate in classes:
+                return candidate
+    return None
+
+
+def _within(truth: gpd.GeoDataFrame, subject: str, obj: str, distance_m: float, near_m: float) -> np.ndarray:
+    """Per truth row: an object of class ``subject`` within ``distance_m`` of an object of class ``obj``."""
+    column = f"{subject}_near_{obj}"
+    if column in truth.columns and abs(distance_m - near_m) < 1e-6:
+        return truth[column].astype(bool).to_numpy()  # the region's own rule (pixel-set distance)
+    refs = truth.geometry[(truth["class"] == obj).to_numpy()].to_numpy()
+    hit = np.zeros(len(truth), dtype=bool)
+    if len(refs):
+        rows, _ = STRtree(refs).query(truth.geometry.to_numpy(), predicate="dwithin", distance=distance_m)
+        hit[np.unique(rows)] = True
+    return hit & (truth["class"] == subject).to_numpy()
+
+
+def _truth_for(truth: gpd.GeoDataFrame, query: str, near_m: float) -> gpd.GeoDataFrame | None:
+    """The true objects answering ``query``: a class, a truth column, or a parsed distance relation."""
     rule = TRUTH_RULES.get(" ".join(query.lower().split()))
-    if rule is None:
+    if rule is not None:
+        column, cls = rule
+        return truth[truth[column].astype(bool)] if column is not None else truth[truth["class"] == cls]
+    try:
+        parsed = parse_query(query, "auto", near_m)
+    except ValueError:
         return None
-    column, cls = rule
-    if column is not None:
-        return truth[truth[column].astype(bool)]
-    return truth[truth["class"] == cls]
+    classes = set(truth["class"].astype(str))
+    subject = _class_of(parsed.subject, classes)
+    if not parsed.composed or subject is None:
+        return None
+    keep = (truth["class"] == subject).to_numpy()
+    for rel in parsed.relations:
+        obj = _class_of(rel.object, classes)
+        if obj is None or rel.distance_m is None or rel.kind not in ("near", "within", "farther"):
+            return None
+        close = _within(truth, subject, obj, rel.distance_m, near_m)
+        keep &= ~close if (rel.kind == "farther") != rel.negated else close
+    return truth[keep]
 
 
 def _share_on(predicted: gpd.GeoDataFrame, layer: gpd.GeoDataFrame) -> float | None:
@@ -189,6 +231,7 @@ def write_demo_report(
         )
     with storage.open_file(polygons_uri, "rb") as handle:
         polygons = gpd.read_parquet(handle)
+    answers = polygons[polygons["role"] == "answer"] if "role" in polygons.columns else polygons
     truth = gpd.read_parquet(setup.truth)
     region_bbox = tuple(setup.bbox) if bbox is None else tuple(float(v) for v in bbox)
     area = gpd.GeoSeries([shapely.box(*region_bbox)], crs="EPSG:4326").to_crs(truth.crs).iloc[0]
@@ -196,11 +239,11 @@ def write_demo_report(
     scored: dict[str, Any] = {}
     unscored = []
     for query in queries:
-        target = _truth_for(truth, query)
+        target = _truth_for(truth, query, setup.near_m)
         if target is None:
             unscored.append(query)
             continue
-        predicted = polygons[polygons["query"] == query]
+        predicted = answers[answers["query"] == query]
         entry = score_polygons(predicted, target)
         if query == "all ponds near roads":
             ponds = truth[truth["class"] == "pond"]

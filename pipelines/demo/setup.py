@@ -108,6 +108,11 @@ class DemoSetup:
     bbox: tuple[float, float, float, float]
     info: dict[str, Any]
 
+    @property
+    def near_m(self) -> float:
+        """The region's "near" rule in metres (the same for every relation of its truth)."""
+        return float(next(iter(self.info["queries"].values()))["near_m"])
+
 
 @contextlib.contextmanager
 def _locked(path: Path) -> Iterator[None]:

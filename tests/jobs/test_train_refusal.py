@@ -19,7 +19,9 @@ def test_paper_config_without_weights_exits_2_with_the_staging_command(tmp_path)
     err = result.stderr
     assert result.returncode == 2, err
     assert time.monotonic() - start < 120
-    assert "Ray" not in err and not (tmp_path / "runs").exists()  # refused on the driver, before any Ray start
+    assert (
+        "Ray" not in err and not (tmp_path / "runs").exists()
+    )  # refused on the driver, before any Ray start
     assert "train.py: configuration error" in err and "random initialisation" in err
     assert "python jobs/fetch_weights.py --out /weights" in err
     assert (

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import geopandas as gpd
 import numpy as np
 import pytest
 import shapely
@@ -49,6 +50,11 @@ def test_queries_items_datetime_and_order(tmp_path):
     rank = np.ones((200, 200), np.uint8)
     rank[:, 110:] = 2  # item i2 supplies the east
     out = vectorize_all(prob, tmp_path, queries=("ponds", "roads"), rank=rank, item_ids=("i1", "i2"))
+    written = gpd.read_parquet(tmp_path / "polygons.parquet")
+    assert (
+        written["polygon_id"].tolist() == out["polygon_id"].tolist()
+    )  # returned in the file's (spatial) order
+    out = out.sort_values("polygon_id").reset_index(drop=True)  # ids: query, first chunk, position
     assert out["query"].tolist() == ["ponds", "ponds", "roads"]
     assert out["polygon_id"].tolist() == [
         "q000-r00000c00001-00000",

@@ -242,3 +242,76 @@ def test_bbox_area_is_the_ellipsoidal_area_of_the_lon_lat_box():
 def test_world_swapped_and_antimeridian_bboxes_are_told_apart(bbox, message):
     with pytest.raises(ValueError, match=message):
         validate_bbox(bbox, 250_000.0)
+
+
+def test_conforms_to_sort_on_conformance_lists():
+    from pipelines.stac import conforms_to_sort
+
+    core = ["https://api.stacspec.org/v1.0.0/core", "https://api.stacspec.org/v1.0.0/item-search"]
+    assert not conforms_to_sort(core)
+    assert not conforms_to_sort([])
+    for uri in (
+        "https://api.stacspec.org/v1.0.0/item-search#sort",
+        "https://api.stacspec.org/v1.0.0-rc.1/item-search#sort",
+        "https://api.stacspec.org/v1.0.0-rc.2/item-search#sort",
+        "https://api.stacspec.org/v1.0.0-beta.4/item-search#sort",
+    ):
+        assert conforms_to_sort([*core, uri]), uri
+    for uri in (
+        "https://api.stacspec.org/v1.0.0/item-search#filter",
+        "https://api.stacspec.org/v1.0.0/ogcapi-features#sort",  # sorting of collection items, not of search
+        "https://api.stacspec.org/v1.0.*/item-search#sort",  # pystac-client's placeholder, not a server's
+        "http://www.opengis.net/spec/ogcapi-features-8/1.0/conf/sorting",
+    ):
+        assert not conforms_to_sort([*core, uri]), uri
+
+
+def _recording_modifier(sent: list[dict]):
+    """A pystac-client request modifier that records the query parameters and JSON body of every request."""
+
+    def record(request):
+        sent.append({"url": request.url, "params": dict(request.params or {}), "json": request.json or {}})
+
+    return record
+
+
+def test_sortby_follows_the_servers_sort_conformance(s2_items_served, stac_api, caplog):
+    """rustac serve declares no sort extension (checked here): nothing is sent. The same real server, told by the
+    client that it conforms, receives ``sortby`` in the selection's order and still answers."""
+    import logging
+
+    import pystac_client
+
+    from pipelines.stac import _search_kwargs, conforms_to_sort, sortby_for
+
+    url = stac_api(s2_items_served)
+    sent: list[dict] = []
+    with caplog.at_level(logging.DEBUG, logger="pipelines.stac"):
+        items = search_items(
+            BRAZIL_BBOX, stac_url=url, max_cloud=40, request_modifier=_recording_modifier(sent)
+        )
+    assert [it.id for it in items][:1] == ["S2B_T24MXV_20250731T130245_L2A"]
+    searches = [r for r in sent if r["url"].rstrip("/").endswith("/search")]
+    assert searches and not any("sortby" in r["params"] or "sortby" in r["json"] for r in searches)
+    assert "does not declare the sort extension" in caplog.text
+
+    sent.clear()
+    client = pystac_client.Client.open(url, request_modifier=_recording_modifier(sent))
+    assert not conforms_to_sort(client.get_conforms_to())
+    client.set_conforms_to([*client.get_conforms_to(), "https://api.stacspec.org/v1.0.0/item-search#sort"])
+    for prefer in ("cloud", "recent"):
+        kwargs = _search_kwargs(client, BRAZIL_BBOX, None, None, 40.0, prefer)
+        assert kwargs["sortby"] == sortby_for(prefer)
+        # The five served Brazil tiles: the server accepts sortby (and, declaring no filter, filters no cloud).
+        assert len(list(client.search(**kwargs).items())) == 5
+    bodies = [r["json"] for r in sent if r["url"].rstrip("/").endswith("/search")]
+    assert [b["sortby"] for b in bodies] == [
+        [
+            {"field": "properties.eo:cloud_cover", "direction": "asc"},
+            {"field": "properties.datetime", "direction": "desc"},
+        ],
+        [
+            {"field": "properties.datetime", "direction": "desc"},
+            {"field": "properties.eo:cloud_cover", "direction": "asc"},
+        ],
+    ]
