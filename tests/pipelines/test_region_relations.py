@@ -9,7 +9,6 @@ answers each expression by the colour it names, so every distance and every kept
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 
 import geopandas as gpd
@@ -18,7 +17,7 @@ import pytest
 import shapely
 
 from tests.fixtures.region_scenes import Square, write_scene
-from tests.fixtures.servers import serve_directory, start_rustac
+from tests.fixtures.servers import serve_directory, start_rustac, stop_process
 
 pytestmark = pytest.mark.ray
 
@@ -46,11 +45,7 @@ def scene(tmp_path_factory: pytest.TempPathFactory):
         try:
             yield written, url
         finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+            stop_process(proc)
 
 
 def _run(scene, out: Path, queries: list[str], *extra: str) -> dict:
