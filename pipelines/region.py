@@ -97,6 +97,13 @@ def _ray_is_up() -> bool:
     return bool(ray is not None and ray.is_initialized())
 
 
+def _execute(plan: RegionPlan, todo: list[Any], thumb_step: int) -> float:
+    """The chunk pipeline on Ray (up already); returns its wall time in seconds."""
+    from pipelines.execute import execute_chunks
+
+    return execute_chunks(plan, todo, thumb_step)
+
+
 def _execute_and_finalise(
     plan: RegionPlan, manifest: RunManifest, todo: list[Any], thumb_step: int, address: str | None
 ) -> tuple[dict[str, float], list[str], list[dict[str, Any]], Any]:
@@ -110,10 +117,10 @@ def _execute_and_finalise(
     with contextlib.ExitStack() as stack:
         pipeline_s = 0.0
         if todo:
-            from pipelines.execute import execute_chunks, ray_runtime
+            from pipelines.execute import ray_runtime
 
             stack.enter_context(ray_runtime(address))
-            pipeline_s = execute_chunks(plan, todo, thumb_step)
+            pipeline_s = _execute(plan, todo, thumb_step)
         t1 = time.perf_counter()
         planned = {ch.chunk_id for ch in plan.chunks}
         done = [cid for cid in manifest.done_ids() if cid in planned]

@@ -137,7 +137,7 @@ def test_bad_input_is_refused_on_the_driver(scene, tmp_path, capsys, case, flags
     ("query", "message"),
     [
         (
-            "the large red roofed building with a white chimney standing next to the narrow winding road that "
+            "the large red roofed building with a white chimney standing along the narrow winding road that "
             "leads to the old harbour behind the church on the hill",
             "the model reads the first",
         ),
