@@ -17,13 +17,11 @@ import pandas as pd
 from affine import Affine
 
 from pipelines.query_grammar import ParsedQuery, QueryPlan
+from pipelines.relations import with_answer_columns
 
-__all__ = ["ANSWER_COLUMNS", "answer_masks", "compose_answers", "output_queries"]
+__all__ = ["answer_masks", "compose_answers", "output_queries"]
 
 logger = logging.getLogger(__name__)
-
-#: Columns the answers add to the merged polygons (null on rows they do not apply to).
-ANSWER_COLUMNS = ("role", "relation", "distance_m", "nearest_id")
 
 
 def output_queries(plan: QueryPlan) -> list[tuple[str, str]]:
@@ -37,17 +35,12 @@ def output_queries(plan: QueryPlan) -> list[tuple[str, str]]:
     return out
 
 
-def _decoded_rows(merged: gpd.GeoDataFrame, plan: QueryPlan) -> gpd.GeoDataFrame:
-    """The merged expression polygons with their role and output ``query_id``."""
-    ids = {text: k for k, (text, _) in enumerate(output_queries(plan))}
+def _decoded_rows(merged: gpd.GeoDataFrame, plan: QueryPlan, ids: dict[str, int]) -> gpd.GeoDataFrame:
+    """The merged expression polygons with their role and output ``query_id`` (``ids``: text -> query_id)."""
     plain = {q.text for q in plan.queries if not q.composed}
-    rows = merged.copy()
-    texts = rows["query"].astype(str)
+    texts = merged["query"].astype(str)
+    rows = with_answer_columns(merged, np.where(texts.isin(plain), "answer", "sub-query"))
     rows["query_id"] = texts.map(ids).astype(np.int64)
-    rows["role"] = np.where(texts.isin(plain), "answer", "sub-query").astype(object)
-    rows["relation"] = pd.Series([None] * len(rows), index=rows.index, dtype=object)
-    rows["distance_m"] = np.full(len(rows), np.nan)
-    rows["nearest_id"] = pd.Series([None] * len(rows), index=rows.index, dtype=object)
     return rows
 
 
@@ -79,8 +72,8 @@ def compose_answers(
     """
     from pipelines.relations_partitioned import answer_queries
 
-    decoded = _decoded_rows(merged, plan)
     ids = {text: k for k, (text, _) in enumerate(output_queries(plan))}
+    decoded = _decoded_rows(merged, plan, ids)
     composed: Sequence[tuple[int, ParsedQuery]] = [(ids[q.text], q) for q in plan.queries if q.composed]
     if not composed:
         return decoded
@@ -105,9 +98,9 @@ def answer_masks(
     polygons: gpd.GeoDataFrame,
     transform: Affine,
 ) -> np.ndarray:
-    """Masks of every output query at the overview's scale, in :func:`output_queries` order.
+    """Masks of the user's queries (``plan.queries`` order, their ``query_id``s) at the overview's scale.
 
-    A decoded query shows its expression's thresholded mask; a composed query, its answer polygons rasterised.
+    A plain query shows its expression's thresholded mask; a composed query, its answer polygons rasterised.
 
     Args:
         expression_masks: bool ``(E, h, w)`` per decoded expression (``plan.expressions`` order).
@@ -118,19 +111,14 @@ def answer_masks(
     from rasterio.features import rasterize
 
     shape = expression_masks.shape[1:]
-    expr_index = {e: k for k, e in enumerate(plan.expressions)}
     out = []
-    for k, (text, role) in enumerate(output_queries(plan)):
-        if text in expr_index and not (role == "answer" and _is_composed(plan, text)):
-            out.append(expression_masks[expr_index[text]])
+    for k, query in enumerate(plan.queries):
+        if not query.composed:
+            out.append(expression_masks[plan.expressions.index(query.subject)])
             continue
         geoms = polygons.geometry[(polygons["query_id"] == k).to_numpy()]
         if len(geoms) == 0 or 0 in shape:
             out.append(np.zeros(shape, dtype=bool))
-            continue
-        out.append(rasterize(geoms, out_shape=shape, transform=transform, all_touched=True).astype(bool))
+        else:
+            out.append(rasterize(geoms, out_shape=shape, transform=transform, all_touched=True).astype(bool))
     return np.stack(out) if out else np.zeros((0, *shape), dtype=bool)
-
-
-def _is_composed(plan: QueryPlan, text: str) -> bool:
-    return any(q.text == text and q.composed for q in plan.queries)

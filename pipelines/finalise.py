@@ -38,7 +38,7 @@ def finalise_outputs(
     datetimes = {it.id: item_summary(it)["datetime"] for it in plan.items}
     out_uri = storage.join(c.out, "polygons.parquet")
     merged = merge_parts(parts, out_uri, plan.grid.crs_wkt, c.min_area_m2, c.simplify_m, datetimes)
-    query_plan = c.query_plan()
+    query_plan = c.query_plan
     polygons = compose_answers(
         merged,
         out_uri,
@@ -50,15 +50,14 @@ def finalise_outputs(
     )
     write_geoparquet(polygons, out_uri, covering_bbox=True)
     names = [text for text, _ in output_queries(query_plan)]
-    answers = len(query_plan.queries)  # the user's queries come first; the quicklook shows only their answers
     thumbs = (
         Thumbnail.from_bytes(storage.read_bytes(storage.join(c.out, "_parts", "thumbs", f"{cid}.npz")))
         for cid in done
     )
     overview = assemble_overview(thumbs, plan.grid.shape, thumb_step, len(plan.expressions))
     transform = plan.grid.affine @ Affine.scale(thumb_step)
-    overview.masks = answer_masks(overview.masks, query_plan, polygons, transform)[:answers]
-    storage.write_bytes(storage.join(c.out, "quicklook.png"), render_quicklook(overview, names[:answers]))
+    overview.masks = answer_masks(overview.masks, query_plan, polygons, transform)  # the user's queries only
+    storage.write_bytes(storage.join(c.out, "quicklook.png"), render_quicklook(overview, list(c.queries)))
     if c.html:
         from pipelines.map_overlay import map_imagery
         from pipelines.webmap import write_map

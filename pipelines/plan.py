@@ -64,7 +64,7 @@ class RegionPlan:
     @property
     def expressions(self) -> tuple[str, ...]:
         """The distinct referring expressions the model decodes on every tile (``masks.zarr``'s queries)."""
-        return self.config.query_plan().expressions
+        return self.config.query_plan.expressions
 
     @property
     def touch_m(self) -> float:
@@ -120,7 +120,7 @@ class RegionPlan:
         """Each query's parse, the distinct expressions and the relation parameters (dry-run, ``run.json``)."""
         c = self.config
         return {
-            **c.query_plan().to_json(),
+            **c.query_plan.to_json(),
             "inside_share": c.inside_share,
             "touch_m": round(self.touch_m, 6),
             "object_min_area_m2": round(self.object_min_area_m2, 6),
@@ -229,7 +229,7 @@ def plan_region(
         for c in chunks
         if not c.empty
     }
-    found = query_warnings(resolved, config.query_plan().expressions)
+    found = query_warnings(resolved, config.query_plan.expressions)
     for message in found:
         logger.warning("%s", message)
     return RegionPlan(config, selected, grid, lattice, chunks, resolved, tiles, [*resolved.warnings, *found])

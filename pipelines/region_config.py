@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -116,8 +117,9 @@ class RegionJobConfig:
         # Queries and bbox are checked and normalised here, once: the plan and the search take them as they are.
         object.__setattr__(self, "queries", tuple(validate_queries(list(self.queries))))
         object.__setattr__(self, "bbox", validate_bbox(self.bbox, self.max_area_km2))
-        self.query_plan()  # a query --relations vector cannot parse is refused here, with the grammar
+        _ = self.query_plan  # a query --relations vector cannot parse is refused here, with the grammar
 
+    @functools.cached_property
     def query_plan(self) -> QueryPlan:
         """Each query's parse (plain, or subject + relations) and the distinct expressions the model decodes."""
         return plan_queries(list(self.queries), self.relations, self.near_m)

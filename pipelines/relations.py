@@ -40,6 +40,7 @@ __all__ = [
     "nearest",
     "relation_radius",
     "to_metric",
+    "with_answer_columns",
 ]
 
 #: Relation kinds decided by the distance to the nearest object polygon.
@@ -215,14 +216,23 @@ def answer_rows(
     return kept.sort_values("polygon_id", kind="stable").reset_index(drop=True)
 
 
+def with_answer_columns(rows: gpd.GeoDataFrame, role: Any) -> gpd.GeoDataFrame:  # noqa: ANN401
+    """``rows`` (a copy) with the :data:`ANSWER_COLUMNS`: ``role`` as given (one value or one per row), the others
+    null (rows that answer no relation)."""
+    out = rows.copy()
+    n = len(out)
+    out["role"] = pd.Series(
+        np.broadcast_to(np.asarray(role, dtype=object), (n,)), index=out.index, dtype=object
+    )
+    out["relation"] = pd.Series([None] * n, index=out.index, dtype=object)
+    out["distance_m"] = np.full(n, np.nan)
+    out["nearest_id"] = pd.Series([None] * n, index=out.index, dtype=object)
+    return out
+
+
 def empty_answers(polygons: gpd.GeoDataFrame) -> gpd.GeoDataFrame:
     """An answer table with no rows: the columns of ``polygons`` and the answer columns."""
-    out = polygons.iloc[:0].copy()
-    out["role"] = pd.Series(dtype=object)
-    out["relation"] = pd.Series(dtype=object)
-    out["distance_m"] = pd.Series(dtype="float64")
-    out["nearest_id"] = pd.Series(dtype=object)
-    return out.reset_index(drop=True)
+    return with_answer_columns(polygons.iloc[:0], "answer").reset_index(drop=True)
 
 
 def answer_query(

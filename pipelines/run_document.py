@@ -95,7 +95,7 @@ def started_document(
         "query_plan": plan.relation_settings(),
         "output_queries": [
             {"query_id": k, "query": text, "role": role}
-            for k, (text, role) in enumerate(output_queries(c.query_plan()))
+            for k, (text, role) in enumerate(output_queries(c.query_plan))
         ],
         "warnings": list(plan.warnings),
         "radiometry": plan.radiometry.to_dict(),
