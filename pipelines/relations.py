@@ -21,8 +21,8 @@ import numpy as np
 import pandas as pd
 import shapely
 from pyproj import CRS, Transformer
-from pyproj.aoi import AreaOfInterest
-from pyproj.database import query_utm_crs_info
+
+from pipelines.grid import utm_crs_for
 
 if TYPE_CHECKING:
     from pipelines.query_grammar import ParsedQuery, Relation
@@ -65,11 +65,7 @@ def metric_crs(crs: Any, bounds: Sequence[float] | None = None) -> CRS:
         )
     cx, cy = (bounds[0] + bounds[2]) / 2, (bounds[1] + bounds[3]) / 2
     lon, lat = Transformer.from_crs(crs, "EPSG:4326", always_xy=True).transform(cx, cy)
-    aoi = AreaOfInterest(lon, lat, lon, lat)
-    infos = query_utm_crs_info(datum_name="WGS 84", area_of_interest=aoi)
-    if not infos:
-        raise ValueError(f"no UTM zone found for the data centre lon={lon:.5f}, lat={lat:.5f}")
-    return CRS.from_authority(infos[0].auth_name, infos[0].code)
+    return utm_crs_for(lon, lat)  # the zone an output grid would get there
 
 
 def to_metric(gdf: gpd.GeoDataFrame, metric: CRS) -> np.ndarray:
