@@ -38,33 +38,40 @@ import psutil
 QUERIES = ["all buildings", "the roads", "ponds", "trees near ponds"]
 
 
-class PeakRSS:
-    """Samples the summed RSS of this process and its descendants (Ray's local processes); keeps the peak."""
+class PeakMemory:
+    """Samples this process and its descendants (Ray's local processes); keeps the peaks of their summed RSS and PSS.
+
+    RSS counts a page shared by several processes (libraries, copy-on-write pages of a forked worker, the object
+    store) once in each; PSS shares it out among them, so the summed PSS is the tree's real footprint.
+    """
 
     def __init__(self, interval_s: float = 0.1) -> None:
         self.interval_s = interval_s
         self.peak = 0
+        self.peak_pss = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def _sample(self) -> int:
+    def _sample(self) -> tuple[int, int]:
         # This process and its descendants only: a local ray.init() starts the raylet, which forks the workers,
         # so other Ray sessions on the machine are not counted.
         me = psutil.Process()
-        total = me.memory_info().rss
-        for proc in me.children(recursive=True):
+        rss = pss = 0
+        for proc in [me, *me.children(recursive=True)]:
             try:
-                total += proc.memory_info().rss
+                info = proc.memory_full_info()
             except (psutil.NoSuchProcess, psutil.AccessDenied):
-                pass
-        return total
+                continue
+            rss, pss = rss + info.rss, pss + getattr(info, "pss", info.rss)
+        return rss, pss
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            self.peak = max(self.peak, self._sample())
+            rss, pss = self._sample()
+            self.peak, self.peak_pss = max(self.peak, rss), max(self.peak_pss, pss)
             time.sleep(self.interval_s)
 
-    def __enter__(self) -> PeakRSS:
+    def __enter__(self) -> PeakMemory:
         self._thread.start()
         return self
 
@@ -91,7 +98,7 @@ def run_region(scene, ckpt: Path, out: Path, queries: list[str], args) -> dict:
         torch_threads=args.threads,
         progress=False,
     )
-    with PeakRSS() as mem:
+    with PeakMemory() as mem:
         result = run_region(config)
     assert result.ok, result.failures
     return {

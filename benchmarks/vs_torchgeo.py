@@ -6,10 +6,11 @@ over the region's COG, a ``GridGeoSampler``, a ``DataLoader`` (``stack_samples``
 batch, the probabilities stitched into one in-memory array of the region (overlaps averaged), p >= 0.5 and
 ``rasterio.features.shapes`` into a GeoDataFrame. Each variant runs in a fresh subprocess per region (1x, and 4x =
 twice the side), interleaved. Reported: marginal tiles/s ``(tiles_4x - tiles_1x) / (t_4x - t_1x)`` on the wall time
-of the whole call (start-up cancels); peak memory (summed RSS of the subprocess and its descendants, sampled every
-0.1 s, and ``ru_maxrss``); seams: where the two masks differ within ``--strip-px`` of a tile border vs elsewhere, each
-mask's IoU with the truth on its own tile-border strips vs interiors, and the share of mask edges exactly on a tile
-border over the share expected by chance (1 = no seams).
+of the whole call (start-up cancels); peak memory of the subprocess and its descendants (summed PSS, the tree's real
+footprint, and summed RSS, which counts shared pages once per process; sampled every 0.1 s) and ``ru_maxrss``;
+seams: where the two masks differ within ``--strip-px`` of a tile border vs elsewhere, each mask's IoU with the truth
+on its own tile-border strips vs interiors, and the share of mask edges exactly on a tile border over the share
+expected by chance (1 = no seams).
 
 Usage: ``.venv/bin/python benchmarks/vs_torchgeo.py [--size-px 768] [--repeats 3] [--json out.json]``; ``--smoke``
 runs tiny regions (the suite's check). Needs ``torchgeo`` (the ``bench`` extra).
@@ -161,14 +162,15 @@ def run_torchgeo(scene: Any, out: Path, args: argparse.Namespace) -> dict[str, A
 
 def child(args: argparse.Namespace) -> None:
     """One variant on one region in this (fresh) process; prints one JSON line with timings and memory."""
-    from benchmarks.region_throughput import PeakRSS
+    from benchmarks.region_throughput import PeakMemory
     from pipelines.demo.region import make_region
 
     scene = make_region(args.region, **_region_settings(args.region_size, args.seed))
     runner = run_ours if args.variant == "ours" else run_torchgeo
-    with PeakRSS() as mem:
+    with PeakMemory() as mem:
         result = runner(scene, Path(args.out), args)
     result["peak_tree_rss_mb"] = mem.peak / 2**20
+    result["peak_tree_pss_mb"] = mem.peak_pss / 2**20
     result["ru_maxrss_self_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     result["ru_maxrss_children_mb"] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     print("RESULT " + json.dumps(result))
@@ -324,8 +326,8 @@ def summarise(runs: dict[str, dict[str, list[dict[str, Any]]]], scenes: dict[str
     out["ours_over_torchgeo"] = {
         "marginal_tiles_per_s": ratio(ours["marginal_tiles_per_s"], tg["marginal_tiles_per_s"]),
         "marginal_mpx_per_s": ratio(ours["marginal_mpx_per_s"], tg["marginal_mpx_per_s"]),
-        **{f"peak_tree_rss_{size}": ratio(ours["median"][size]["peak_tree_rss_mb"],
-                                          tg["median"][size]["peak_tree_rss_mb"]) for size in ("1x", "4x")},
+        **{f"{key}_{size}": ratio(ours["median"][size][f"{key}_mb"], tg["median"][size][f"{key}_mb"])
+           for key in ("peak_tree_pss", "peak_tree_rss") for size in ("1x", "4x")},
     }  # fmt: skip
     return out
 
@@ -333,6 +335,7 @@ def summarise(runs: dict[str, dict[str, list[dict[str, Any]]]], scenes: dict[str
 _TABLE_KEYS = (
     "tiles",
     "wall_s",
+    "peak_tree_pss_mb",
     "peak_tree_rss_mb",
     "ru_maxrss_self_mb",
     "ru_maxrss_children_mb",

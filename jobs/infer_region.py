@@ -133,6 +133,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     r.add_argument("--address", help="Ray cluster address (default: a local runtime)")
     r.add_argument(
+        "--dashboard",
+        action="store_true",
+        help="start Ray's dashboard with the local runtime (off: it holds ~1 GB of memory; a cluster keeps its own)",
+    )
+    r.add_argument(
         "--overwrite",
         action="store_true",
         help="delete an earlier run's files in --out first (refused if the folder holds anything else)",
@@ -207,6 +212,7 @@ def config_from_args(args: argparse.Namespace) -> RegionJobConfig:
         overwrite=args.overwrite,
         html=args.html,
         progress=not args.no_progress,
+        dashboard=args.dashboard,
     )
 
 

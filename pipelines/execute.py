@@ -34,11 +34,16 @@ def _restore_sigterm(handler: Any) -> None:
 
 
 @contextlib.contextmanager
-def ray_runtime(address: str | None) -> Iterator[None]:
+def ray_runtime(address: str | None, dashboard: bool = False) -> Iterator[None]:
     """Connect to ``address`` or start a local runtime unless Ray is already up; shut down what was started here.
 
     The runtime is shut down however the body ends (an exception, Ctrl-C). ``ray.init`` installs its own SIGTERM
     handler; a Python handler that was there before (the region job's) is put back for the run and afterwards.
+
+    Args:
+        address: A cluster to join (None: start a local runtime).
+        dashboard: Start Ray's dashboard with a local runtime (its processes hold ~1 GB of resident memory, ~0.2 GB
+            proportional; docs/benchmarks.md); a cluster keeps its own.
     """
     import ray
 
@@ -51,6 +56,7 @@ def ray_runtime(address: str | None) -> Iterator[None]:
         address=address,
         runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}},
         log_to_driver=True,
+        **({} if address else {"include_dashboard": dashboard}),
     )
     if callable(before):
         _restore_sigterm(before)

@@ -6,12 +6,18 @@ weights, tensors whose names or shapes differ from the model the config builds. 
 (two small ranged reads on object storage) and the model is built on the meta device. The tile size and the queries
 are checked against the model: an impossible tile size is refused, and what still runs but degrades (a tile size
 other than the model's, a query longer than ``text.max_len``, words the tokenizer does not know) is a warning.
+
+Building the model and loading the tokenizer import torch, timm and transformers (~0.7 GB resident) which the
+driver never needs again: ``inspect_checkpoint_apart`` runs the checks in a short-lived child interpreter.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import os
+import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -28,6 +34,8 @@ __all__ = [
     "MIN_TILE_SIZE_PX",
     "check_checkpoint",
     "check_tile_size",
+    "inspect_checkpoint",
+    "inspect_checkpoint_apart",
     "query_findings",
     "read_checkpoint_config",
 ]
@@ -231,3 +239,67 @@ def query_findings(checkpoint: str, config: CroBIMConfig, queries: Sequence[str]
     for query in queries:
         out += _query_warning(query, inspect_text(tokenizer, query, max_len=max_len), max_len)
     return out
+
+
+def inspect_checkpoint(checkpoint: str, queries: Sequence[str] = ()) -> list[str]:
+    """``check_checkpoint``, then ``query_findings`` for ``queries``: what a job asks of a checkpoint before it starts.
+
+    Raises:
+        FileNotFoundError, ValueError: See ``read_checkpoint_config``.
+        crobim.errors.CheckpointError: See ``check_checkpoint``.
+    """
+    _, config = read_checkpoint_config(checkpoint)
+    check_checkpoint(checkpoint, config)
+    return query_findings(checkpoint, config, queries) if queries else []
+
+
+#: Errors the child process reports by name and ``inspect_checkpoint_apart`` raises again as they were.
+_CHILD_ERRORS: dict[str, type[Exception]] = {
+    e.__name__: e for e in (FileNotFoundError, ValueError, TypeError, OSError)
+}
+
+
+def inspect_checkpoint_apart(checkpoint: str, queries: Sequence[str] = ()) -> list[str]:
+    """``inspect_checkpoint`` in a child interpreter (``python -m pipelines.model_checks``), keeping torch out of this one.
+
+    Where torch is loaded already (a notebook, a test session, a process that predicts) there is nothing to keep
+    out, and the checks run here. The child answers in JSON (never a pickle); its errors are raised here with their
+    type (``CheckpointError``, ``FileNotFoundError``, ``ValueError`` ...) and message.
+    """
+    if "torch" in sys.modules:
+        return inspect_checkpoint(checkpoint, tuple(queries))
+    request = json.dumps({"checkpoint": checkpoint, "queries": list(queries)})
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+    proc = subprocess.run(
+        [sys.executable, "-m", "pipelines.model_checks"],
+        input=request, capture_output=True, text=True, env=env, check=False,
+    )  # fmt: skip
+    try:
+        answer = json.loads(proc.stdout.splitlines()[-1])
+    except (IndexError, json.JSONDecodeError):
+        raise RuntimeError(
+            f"the process checking --model {checkpoint} ended with exit code {proc.returncode} before it "
+            f"answered (out of memory?); the job did not start: {proc.stderr.strip()[-2000:]}"
+        ) from None
+    if "error" in answer:
+        from crobim.errors import CheckpointError
+
+        kind = {"CheckpointError": CheckpointError, **_CHILD_ERRORS}.get(
+            answer["error"]["type"], RuntimeError
+        )
+        raise kind(answer["error"]["message"])
+    return list(answer["warnings"])
+
+
+def _child_main() -> None:
+    """Answer one ``inspect_checkpoint`` request (JSON on stdin) with one JSON line on stdout."""
+    request = json.loads(sys.stdin.read())
+    try:
+        answer: dict[str, Any] = {"warnings": inspect_checkpoint(request["checkpoint"], request["queries"])}
+    except Exception as exc:  # noqa: BLE001 - every error goes back to the parent, which raises it
+        answer = {"error": {"type": type(exc).__name__, "message": str(exc)}}
+    print(json.dumps(answer))
+
+
+if __name__ == "__main__":
+    _child_main()

@@ -5,7 +5,6 @@ Nothing here touches the output folder or starts Ray: ``--dry-run`` prints :meth
 
 from __future__ import annotations
 
-import logging
 from dataclasses import asdict, dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
@@ -14,14 +13,13 @@ import pystac
 
 from pipelines.blend import TileLattice, TileWindow, tile_windows
 from pipelines.grid import ChunkSpec, OutputGrid, choose_grid, plan_chunks
-from pipelines.predict import ResolvedModel, query_warnings, resolve_model
+from pipelines.predict import ResolvedModel, resolve_model
 from pipelines.radiometry import RadiometryConfig, has_rgb_source
 from pipelines.region_config import RegionJobConfig
 from pipelines.stac import bbox_area_km2, item_summary, search_items
 
 __all__ = ["RegionPlan", "plan_region", "search"]
 
-logger = logging.getLogger(__name__)
 
 #: Default size (output pixels) below which an object polygon of a relation is speckle: a fragment of a few pixels
 #: is a segmentation artefact, not a road a pond can be near (docs/queries.md, measured in docs/benchmarks.md).
@@ -215,7 +213,11 @@ def plan_region(
         pipelines.errors.CatalogError: Unreachable API or unreadable catalog.
         pipelines.errors.NoItemsError: Nothing matches the search.
     """
-    resolved = model if model is not None else resolve_model(config.model, config.tile_size_px)
+    resolved = (
+        model
+        if model is not None
+        else resolve_model(config.model, config.tile_size_px, config.query_plan.expressions)
+    )
     lattice = TileLattice.for_tile_size(resolved.tile_size_px, config.overlap_px, config.margin_px)
     selected = list(items) if items is not None else search(config)
     radiometry = RadiometryConfig(nodata=config.nodata)
@@ -229,7 +231,4 @@ def plan_region(
         for c in chunks
         if not c.empty
     }
-    found = query_warnings(resolved, config.query_plan.expressions)
-    for message in found:
-        logger.warning("%s", message)
-    return RegionPlan(config, selected, grid, lattice, chunks, resolved, tiles, [*resolved.warnings, *found])
+    return RegionPlan(config, selected, grid, lattice, chunks, resolved, tiles, list(resolved.warnings))

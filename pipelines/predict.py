@@ -34,7 +34,6 @@ __all__ = [
     "import_factory",
     "load_predictor",
     "parse_model_spec",
-    "query_warnings",
     "resolve_model",
 ]
 
@@ -139,7 +138,8 @@ class ResolvedModel:
             folder SHA-256, and for checkpoints the name and the whole config.
         tile_size_px: Tile side S the job cuts (``--tile-size``, else the model's own).
         input_size_px: The model's own input side (None for a factory given a ``--tile-size``: not asked).
-        warnings: What still runs but degrades (a tile size other than the model's); logged once when resolved.
+        warnings: What still runs but degrades (a tile size other than the model's, queries the tokenizer cuts or
+            cannot read); logged once when resolved.
     """
 
     info: dict[str, Any]
@@ -165,16 +165,18 @@ def _resolve_factory(reference: str, tile_size_px: int | None) -> ResolvedModel:
     return ResolvedModel(info, size, input_size_px=size)
 
 
-def resolve_model(model: str, tile_size_px: int | None = None) -> ResolvedModel:
-    """Identify and check ``--model`` and the tile size against it, on the driver, without loading weights.
+def resolve_model(model: str, tile_size_px: int | None = None, queries: Sequence[str] = ()) -> ResolvedModel:
+    """Identify and check ``--model``, the tile size and the queries against it, on the driver, without loading weights.
 
     A checkpoint is checked for everything ``crobim.load_model`` would refuse in each actor (files, the weights'
-    header and tensors against its config; ``pipelines.model_checks.check_checkpoint``) before its folder is hashed.
-    A tile size other than the model's is a warning (logged, and kept in ``ResolvedModel.warnings``).
+    header and tensors against its config; ``pipelines.model_checks.check_checkpoint``) before its folder is hashed,
+    in a child process (``inspect_checkpoint_apart``). A tile size other than the model's, and queries its tokenizer
+    cuts or cannot read (``query_findings``), are warnings (logged, and kept in ``ResolvedModel.warnings``).
 
     Args:
         model: Checkpoint folder (local or object storage) or ``package.module:factory``.
         tile_size_px: ``--tile-size``; None takes the model's (a factory is then called once to ask it).
+        queries: The expressions the model will read (a factory's are not checked: it has no tokenizer here).
 
     Raises:
         FileNotFoundError: The checkpoint folder has no ``config.json``.
@@ -182,7 +184,7 @@ def resolve_model(model: str, tile_size_px: int | None = None) -> ResolvedModel:
             ``crobim.load_model`` would refuse (``crobim.errors.CheckpointError``).
         TypeError: A factory that does not return a :class:`RegionPredictor`.
     """
-    from pipelines.model_checks import check_checkpoint, check_tile_size, read_checkpoint_config
+    from pipelines.model_checks import check_tile_size, inspect_checkpoint_apart, read_checkpoint_config
     from pipelines.provenance import folder_sha256
 
     spec = parse_model_spec(model)
@@ -190,8 +192,7 @@ def resolve_model(model: str, tile_size_px: int | None = None) -> ResolvedModel:
         return _resolve_factory(spec.value, tile_size_px)
     stored, config = read_checkpoint_config(spec.value)
     size = int(config.input.size[0])
-    warnings = tuple(check_tile_size(tile_size_px, size))
-    check_checkpoint(spec.value, config)
+    warnings = (*check_tile_size(tile_size_px, size), *inspect_checkpoint_apart(spec.value, queries))
     for warning in warnings:
         logger.warning(warning)
     info = {
@@ -203,20 +204,6 @@ def resolve_model(model: str, tile_size_px: int | None = None) -> ResolvedModel:
     }
     tile = size if tile_size_px is None else int(tile_size_px)
     return ResolvedModel(info, tile, input_size_px=size, warnings=warnings)
-
-
-def query_warnings(model: ResolvedModel, queries: Sequence[str]) -> list[str]:
-    """Warnings (not logged here) about queries a checkpoint's tokenizer cuts or cannot read; factories: none.
-
-    See ``pipelines.model_checks.query_findings``: a query over ``text.max_len`` tokens and what the model reads
-    of it, a query with no word the vocabulary knows, words it does not know.
-    """
-    if model.info.get("kind") != "checkpoint":
-        return []
-    from crobim.config import CroBIMConfig
-    from pipelines.model_checks import query_findings
-
-    return query_findings(model.info["path"], CroBIMConfig.from_dict(model.info["config"]), queries)
 
 
 class CroBIMPredictor:

@@ -9,10 +9,8 @@ object-store URI (``common.storage``).
 from __future__ import annotations
 
 import hashlib
-import importlib.metadata
 import json
 import logging
-import platform
 import posixpath
 import re
 from collections.abc import Sequence
@@ -39,7 +37,6 @@ __all__ = [
     "folder_sha256",
     "is_run_entry",
     "items_sha256",
-    "package_versions",
     "stored_fingerprint",
     "write_fingerprint",
     "write_run_json",
@@ -69,28 +66,6 @@ _RUN_MARKERS = ((STATE_DIR, FINGERPRINT_FILE), ("inputs", "items.parquet"))
 _MARKER_ENTRIES = frozenset({STATE_DIR, "inputs"})
 #: A temporary file left by an interrupted atomic write (``common.storage``): ``.<name>.<random>.tmp``.
 _TMP_FILE = re.compile(r"^\.(.+)\.[A-Za-z0-9_]+\.tmp$")
-
-#: Distributions whose versions go into run.json (absent ones are recorded as null).
-_PACKAGES = (
-    "crobim-geo",
-    "ray",
-    "torch",
-    "torchvision",
-    "transformers",
-    "timm",
-    "rasterio",
-    "xarray",
-    "zarr",
-    "geopandas",
-    "shapely",
-    "pyproj",
-    "pyarrow",
-    "numpy",
-    "odc-stac",
-    "pystac",
-    "pystac-client",
-    "stac-geoparquet",
-)
 
 
 class FingerprintMismatchError(ValueError):
@@ -146,30 +121,6 @@ def folder_sha256(uri: str) -> str:
         with fs.open(path, "rb") as fh:
             lines.append(f"{rel} {_stream_sha256(fh)}")
     return hashlib.sha256("\n".join(lines).encode()).hexdigest()
-
-
-def package_versions() -> dict[str, str | None]:
-    """Python, GDAL (rasterio's), CUDA and the versions of the packages a run depends on."""
-    out: dict[str, str | None] = {"python": platform.python_version()}
-    for name in _PACKAGES:
-        try:
-            out[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            out[name] = None
-    try:
-        import rasterio
-
-        out["gdal"] = rasterio.__gdal_version__
-    except ImportError:
-        out["gdal"] = None
-    try:
-        import torch
-
-        out["cuda"] = torch.version.cuda
-        out["gpu"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    except ImportError:
-        out["cuda"] = out["gpu"] = None
-    return out
 
 
 def diff_settings(old: Any, new: Any, prefix: str = "") -> list[str]:

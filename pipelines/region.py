@@ -68,7 +68,7 @@ def _resume(config: RegionJobConfig, stored: dict[str, Any]) -> tuple[RegionPlan
 
 def _start(config: RegionJobConfig) -> tuple[RegionPlan, dict[str, Any]]:
     """Search once, plan on exactly the frozen items a resume will read, then claim the output folder."""
-    model = resolve_model(config.model, config.tile_size_px)
+    model = resolve_model(config.model, config.tile_size_px, config.query_plan.expressions)
     with tempfile.TemporaryDirectory(prefix="crobim-items-") as tmp:
         frozen_path = str(Path(tmp) / "items.parquet")
         freeze_items(search(config), frozen_path)
@@ -119,7 +119,7 @@ def _execute_and_finalise(
         if todo:
             from pipelines.execute import ray_runtime
 
-            stack.enter_context(ray_runtime(address))
+            stack.enter_context(ray_runtime(address, dashboard=plan.config.dashboard))
             pipeline_s = _execute(plan, todo, thumb_step)
         t1 = time.perf_counter()
         planned = {ch.chunk_id for ch in plan.chunks}

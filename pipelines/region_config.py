@@ -65,6 +65,7 @@ class RegionJobConfig:
     overwrite: bool = False
     html: bool = False
     progress: bool = True
+    dashboard: bool = False
 
     def __post_init__(self) -> None:
         checks: list[tuple[str, Any, bool, str]] = [

@@ -14,7 +14,8 @@ import pandas as pd
 from common import storage
 from pipelines.answers import output_queries
 from pipelines.plan import RegionPlan
-from pipelines.provenance import file_sha256, fingerprint, package_versions, write_run_json
+from pipelines.provenance import file_sha256, fingerprint, write_run_json
+from pipelines.software import package_versions
 from pipelines.stac import item_summary
 
 __all__ = [

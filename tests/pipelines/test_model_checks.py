@@ -8,6 +8,8 @@ import json
 import logging
 import pickle
 import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -18,7 +20,7 @@ from safetensors.torch import load_file, save_file
 from crobim.config import CroBIMConfig
 from crobim.errors import CheckpointError
 from pipelines.model_checks import MIN_TILE_SIZE_PX, check_checkpoint, check_tile_size, query_findings
-from pipelines.predict import query_warnings, resolve_model
+from pipelines.predict import resolve_model
 
 DEMO_MODEL = Path(__file__).resolve().parents[2] / "assets" / "demo-model"
 WEIGHTS = "model.safetensors"
@@ -205,13 +207,16 @@ def test_factories_report_their_own_size_and_are_not_asked_otherwise():
     assert (own.tile_size_px, own.input_size_px, own.warnings) == (64, 64, ())
     given = resolve_model("tests.fixtures.predictors:factory", 128)
     assert (given.tile_size_px, given.input_size_px, given.warnings) == (128, None, ())
-    assert query_warnings(own, ["???", LONG]) == []  # a factory has no tokenizer
+    # A factory has no tokenizer here: its queries are not checked.
+    assert resolve_model("tests.fixtures.predictors:factory", queries=["???", LONG]).warnings == ()
 
 
-def test_query_warnings_name_long_unknown_and_wordless_queries():
-    model = resolve_model(str(DEMO_MODEL))
-    warnings = query_warnings(model, ["buildings", LONG, "建筑物", "🏠 near the road", "?!"])
-    assert warnings == [
+def test_query_warnings_name_long_unknown_and_wordless_queries(caplog):
+    with caplog.at_level(logging.WARNING, logger="pipelines.predict"):
+        model = resolve_model(
+            str(DEMO_MODEL), queries=["buildings", LONG, "建筑物", "🏠 near the road", "?!"]
+        )
+    assert model.warnings == (
         f"query {LONG!r} has 22 tokens; the model reads the first 18 (text.max_len 20, with [CLS] and [SEP]): "
         "'the large red roofed building with a white chimney standing next to the narrow winding road that "
         "leads'; shorten it",
@@ -219,8 +224,41 @@ def test_query_warnings_name_long_unknown_and_wordless_queries():
         "anything: reword it in plain English",
         "query '🏠 near the road': words the model does not know (read as [UNK]): '🏠'",
         "query '?!' has no word, only punctuation or symbols; it will not find anything",
+    )
+    assert [r.getMessage() for r in caplog.records] == list(model.warnings)
+    assert resolve_model(str(DEMO_MODEL), queries=["buildings", "red roofs"]).warnings == ()
+
+
+_APART = """
+import json, sys
+from crobim.errors import CheckpointError
+from pipelines.predict import resolve_model
+
+model = resolve_model(sys.argv[1], queries=["buildings", "?!"])
+try:
+    resolve_model(sys.argv[2])
+    error = None
+except CheckpointError as exc:
+    error = str(exc)
+print(json.dumps({"warnings": model.warnings, "error": error, "torch": "torch" in sys.modules}))
+"""
+
+
+def test_a_driver_without_torch_checks_in_a_child_process_and_stays_without_it(tmp_path):
+    """The checks import torch, timm and transformers (~0.7 GB): a job's driver runs them apart and never loads them."""
+    broken = _copy(tmp_path)
+    _rewrite_tensors(broken, lambda tensors: dict(list(tensors.items())[1:]))
+    proc = subprocess.run(
+        [sys.executable, "-c", _APART, str(DEMO_MODEL), str(broken)],
+        capture_output=True, text=True, cwd=DEMO_MODEL.parents[1], timeout=300, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    found = json.loads(proc.stdout.splitlines()[-1])
+    assert found["torch"] is False
+    assert found["warnings"] == [
+        "query '?!' has no word, only punctuation or symbols; it will not find anything"
     ]
-    assert query_warnings(model, ["buildings", "red roofs"]) == []
+    assert str(broken / WEIGHTS) in found["error"] and "\n" not in found["error"]
 
 
 def test_a_non_square_model_is_refused_on_the_driver(tmp_path, no_hashing):

@@ -21,11 +21,11 @@ from pipelines.provenance import (
     diff_settings,
     fingerprint,
     folder_sha256,
-    package_versions,
     stored_fingerprint,
     write_fingerprint,
 )
 from pipelines.region_config import RegionJobConfig
+from pipelines.software import package_versions
 from pipelines.viz import Thumbnail, assemble_overview, make_thumbnail, render_quicklook, thumbnail_step
 
 
@@ -228,3 +228,16 @@ def test_resume_command_drops_overwrite_only():
         ["--overw", "--query", "ponds near roads", "--overwrite", "--overlap", "8"], "job.py"
     )
     assert cmd == f"{sys.executable} job.py --query 'ponds near roads' --overlap 8"
+
+
+def test_package_versions_read_the_cuda_build_without_importing_torch():
+    """The driver records torch's CUDA build but does not load torch (~0.5 GB) to do it."""
+    import subprocess
+
+    import torch
+
+    code = "import json, sys; from pipelines.software import package_versions as p; v = p(); "
+    code += "print(json.dumps([v['cuda'], v['torch'], 'torch' in sys.modules]))"
+    root = Path(__file__).resolve().parents[2]
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root, check=True)
+    assert json.loads(proc.stdout) == [torch.version.cuda, torch.__version__.split("+")[0], False]
