@@ -149,5 +149,7 @@ def execute_chunks(plan: RegionPlan, todo: list[ChunkSpec], thumb_step: int) -> 
             resources={c.inference_resource: 1} if c.inference_resource else None,
         )
         sink = RegionDatasink(c.out, plan.grid.to_dict(), list(plan.expressions), c.threshold, min_area_px)
-        ds.write_datasink(sink, ray_remote_args={"num_cpus": c.write_cpus})
+        # One write per actor at a time: inference paces the writes, and when it ends, the last chunks' writes
+        # do not start more workers (each holds ~0.2-0.3 GB) beside the actors still alive.
+        ds.write_datasink(sink, ray_remote_args={"num_cpus": c.write_cpus}, concurrency=c.actors)
     return time.perf_counter() - start

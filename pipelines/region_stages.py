@@ -23,6 +23,7 @@ from ray.data.block import BlockAccessor
 from ray.data.datasource import Datasink
 
 from common import storage
+from common.heap import trim_heap
 
 __all__ = ["PredictorActor", "RegionDatasink", "read_stage"]
 
@@ -304,6 +305,7 @@ class RegionDatasink(Datasink[list[dict[str, Any]]]):
         for block in blocks:
             for row in _batch_rows(block):
                 out.append(self._write_row(row))
+                trim_heap()  # the write worker outlives the chunk; its polygonising peak need not
         return out
 
     def _write_row(self, row: dict[str, Any]) -> dict[str, Any]:
