@@ -41,7 +41,7 @@ QUERIES = ("all ponds", "all buildings")
 VARIANTS = ("ours", "torchgeo")
 
 
-def _region_settings(size_px: int, seed: int) -> dict[str, Any]:
+def region_settings(size_px: int, seed: int) -> dict[str, Any]:
     """The demo region's recipe (``DEMO_REGION``) at another size and seed, one COG per region."""
     from pipelines.demo.setup import DEMO_REGION
 
@@ -53,7 +53,7 @@ def make_regions(work: Path, size_px: int, seed: int) -> dict[str, Any]:
     from pipelines.demo.region import make_region
 
     return {
-        size: make_region(work / f"region-{size}", **_region_settings(k * size_px, seed))
+        size: make_region(work / f"region-{size}", **region_settings(k * size_px, seed))
         for size, k in (("1x", 1), ("4x", 2))
     }
 
@@ -165,7 +165,7 @@ def child(args: argparse.Namespace) -> None:
     from benchmarks.region_throughput import PeakMemory
     from pipelines.demo.region import make_region
 
-    scene = make_region(args.region, **_region_settings(args.region_size, args.seed))
+    scene = make_region(args.region, **region_settings(args.region_size, args.seed))
     runner = run_ours if args.variant == "ours" else run_torchgeo
     with PeakMemory() as mem:
         result = runner(scene, Path(args.out), args)
